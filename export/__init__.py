@@ -1,0 +1,4 @@
+"""Exporter: bake trained prompts into a TF Serving SavedModel.
+
+Installed as `tf_softprompt.export`.
+"""

@@ -1,0 +1,304 @@
+"""Layer behaviour shared by the Keras 3 and the Keras 2 shells.
+
+The mixins here hold everything the two flavours have in common: argument
+checks, weight creation, `call`, `compute_mask`, `get_config` and the prompt
+artifact methods, all over `tf_softprompt.ops`. A shell
+(`tf_softprompt.layers` for Keras 3, `tf_softprompt.keras2` for Keras 2)
+only names its base `Layer` class, its `Embedding` class and its
+(de)serialisation functions.
+"""
+
+import tensorflow as tf
+
+from tf_softprompt import artifact, initializers, ops
+
+
+def _check_num_prompt_tokens(num_prompt_tokens):
+    if (
+        isinstance(num_prompt_tokens, bool)
+        or not isinstance(num_prompt_tokens, int)
+        or num_prompt_tokens <= 0
+    ):
+        raise ValueError(
+            "`num_prompt_tokens` must be a positive integer, the number of "
+            f"prompt vectors P. Received: num_prompt_tokens={num_prompt_tokens!r}"
+        )
+    return num_prompt_tokens
+
+
+def _check_offset(offset):
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ValueError(
+            "`offset` must be a non-negative integer: 0 puts the prompt first, "
+            f"1 after [CLS]/BOS. Received: offset={offset!r}"
+        )
+    return offset
+
+
+def _initializer_config(initializer):
+    # Closures from `tf_softprompt.initializers` are not serialisable; the
+    # prompt's values travel with the weights, so a re-created layer only
+    # needs some initialiser to build with.
+    return initializer if isinstance(initializer, str) else "uniform"
+
+
+class PromptWeightsMixin:
+    """The prompt table and its artifact methods (both layer kinds)."""
+
+    def _add_prompt_weight(self, hidden_dim):
+        self.prompt = self.add_weight(
+            name="prompt",
+            shape=(self.num_prompt_tokens, hidden_dim),
+            initializer=self.prompt_initializer,
+            dtype="float32",
+            trainable=True,
+        )
+
+    def _prompt_metadata(self):
+        return {"method": self.method, "offset": self.offset}
+
+    def save_prompt(self, path, vocabulary=None, *, task="default", **extra):
+        """Write the prompt artifact (`.npz`, see `tf_softprompt.artifact`).
+
+        Args:
+            path: destination, ending in `.npz`.
+            vocabulary: the frozen `[V, H]` matrix, for V and the fingerprint.
+                `PromptEmbedding` knows its own; `PromptPrepend` needs it.
+            task: str, the task's name.
+            **extra: more metadata.
+
+        Returns:
+            The metadata dict.
+        """
+        vocabulary = self._vocabulary_for_artifact(vocabulary)
+        return artifact.save_prompt(
+            path,
+            self.prompt,
+            vocabulary,
+            initializer=initializers.describe(self.prompt_initializer),
+            task=task,
+            **self._prompt_metadata(),
+            **extra,
+        )
+
+    def load_prompt(self, path, vocabulary=None):
+        """Load a prompt artifact into this (built) layer; it stays trainable.
+
+        Raises:
+            ValueError: if H, V or the vocabulary fingerprint differ, or the
+                file is corrupt or holds NaN/Inf.
+        """
+        if not self.built:
+            raise ValueError(
+                f"Layer {self.name} is not built yet. Call it on an input (or "
+                "`build()` it) before `load_prompt()`."
+            )
+        vocabulary = self._vocabulary_for_artifact(vocabulary)
+        values, metadata = artifact.load_prompt(path, vocabulary)
+        ops.check_prompt_shape(values, self.prompt.shape)
+        self.prompt.assign(values)
+        return metadata
+
+    def _vocabulary_for_artifact(self, vocabulary):
+        if vocabulary is None:
+            raise ValueError(
+                f"Layer {self.name} needs the base model's `vocabulary` "
+                "([V, H] embedding matrix) to fingerprint the prompt. Pass "
+                "`vocabulary=token_embedding.embeddings`."
+            )
+        return vocabulary
+
+
+class PromptEmbeddingMixin(PromptWeightsMixin):
+    """Form 1: an embedding with P trainable virtual tokens after V frozen ids.
+
+    Shells set `_embedding_class`, `_serialize` and `_deserialize`.
+    """
+
+    method = "embedding"
+    offset = 0
+
+    def __init__(
+        self,
+        num_prompt_tokens,
+        embedding=None,
+        input_dim=None,
+        output_dim=None,
+        prompt_initializer="uniform",
+        mask_zero=None,
+        validate_ids=True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_prompt_tokens = _check_num_prompt_tokens(num_prompt_tokens)
+        if isinstance(embedding, dict):
+            embedding = self._deserialize(embedding)
+        if embedding is None:
+            if input_dim is None or output_dim is None:
+                raise ValueError(
+                    "Pass either `embedding` (an existing Embedding layer) or "
+                    "both `input_dim` (V) and `output_dim` (H). Received: "
+                    f"input_dim={input_dim}, output_dim={output_dim}."
+                )
+            embedding = self._embedding_class(
+                input_dim, output_dim, name="vocabulary_embedding"
+            )
+        # Freeze the source layer, never its variable: tf-keras variables
+        # cannot change `trainable` after creation.
+        embedding.trainable = False
+        self.embedding = embedding
+        self.input_dim = int(embedding.input_dim)
+        self.output_dim = int(embedding.output_dim)
+        if mask_zero is None:
+            mask_zero = bool(getattr(embedding, "mask_zero", False))
+        self.mask_zero = mask_zero
+        self.validate_ids = validate_ids
+        self.prompt_initializer = initializers.get(prompt_initializer)
+
+    @classmethod
+    def from_matrix(cls, matrix, num_prompt_tokens, mask_zero=False, **kwargs):
+        """Build around a `[V, H]` array, copied once into a frozen layer.
+
+        Args:
+            matrix: `[V, H]` array or tensor, the vocabulary embeddings.
+            num_prompt_tokens: int, P.
+            mask_zero: bool, as in `Embedding`.
+            **kwargs: passed to the constructor.
+        """
+        matrix = tf.convert_to_tensor(matrix)
+        if matrix.shape.rank != 2:
+            raise ValueError(
+                "`matrix` must be [vocab_size, hidden_dim]. Received: "
+                f"shape={matrix.shape.as_list()}."
+            )
+        embedding = cls._embedding_class(
+            int(matrix.shape[0]),
+            int(matrix.shape[1]),
+            mask_zero=mask_zero,
+            name="vocabulary_embedding",
+        )
+        embedding.build((None, None))
+        embedding.embeddings.assign(tf.cast(matrix, embedding.embeddings.dtype))
+        return cls(num_prompt_tokens, embedding=embedding, **kwargs)
+
+    @classmethod
+    def from_embedding(cls, embedding, num_prompt_tokens, **kwargs):
+        """Wrap an existing embedding layer, sharing (not copying) its matrix.
+
+        The layer is frozen (`embedding.trainable = False`).
+        """
+        return cls(num_prompt_tokens, embedding=embedding, **kwargs)
+
+    @property
+    def vocab_size(self):
+        """V, the number of real (frozen) ids."""
+        return self.input_dim
+
+    @property
+    def vocabulary(self):
+        """The frozen `[V, H]` embedding matrix."""
+        return self.embedding.embeddings
+
+    @property
+    def prompt_token_ids(self):
+        """The virtual ids `[V, V + P)` as a `[P]` int32 tensor."""
+        return ops.virtual_token_ids(self.input_dim, self.num_prompt_tokens)
+
+    def build(self, input_shape=None):
+        if not self.embedding.built:
+            self.embedding.build(input_shape)
+        self._add_prompt_weight(self.output_dim)
+        self.built = True
+
+    def call(self, inputs, reverse=False):
+        if reverse:
+            if hasattr(self.embedding, "tie_weights"):
+                return self.embedding(inputs, reverse=True)
+            return ops.tied_logits(inputs, self.vocabulary)
+        if self.validate_ids:
+            inputs = ops.check_token_ids(inputs, self.input_dim, self.num_prompt_tokens)
+        outputs = ops.prompt_lookup(inputs, self.vocabulary, self.prompt)
+        return tf.cast(outputs, self.compute_dtype)
+
+    def compute_mask(self, inputs, mask=None):
+        if not self.mask_zero:
+            return None
+        return tf.not_equal(inputs, 0)
+
+    def _vocabulary_for_artifact(self, vocabulary):
+        return self.vocabulary if vocabulary is None else vocabulary
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_prompt_tokens": self.num_prompt_tokens,
+                "embedding": self._serialize(self.embedding),
+                "prompt_initializer": _initializer_config(self.prompt_initializer),
+                "mask_zero": self.mask_zero,
+                "validate_ids": self.validate_ids,
+            }
+        )
+        return config
+
+
+class PromptPrependMixin(PromptWeightsMixin):
+    """Form 2: P trainable vectors inserted into an embedded sequence."""
+
+    method = "prepend"
+    mask_zero = False
+
+    def __init__(
+        self,
+        num_prompt_tokens,
+        offset=0,
+        prompt_initializer="uniform",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_prompt_tokens = _check_num_prompt_tokens(num_prompt_tokens)
+        self.offset = _check_offset(offset)
+        self.prompt_initializer = initializers.get(prompt_initializer)
+        self.supports_masking = True
+
+    def build(self, input_shape):
+        if len(input_shape) != 3 or input_shape[-1] is None:
+            raise ValueError(
+                "PromptPrepend expects embedded inputs of shape "
+                "(batch_size, sequence_length, hidden_dim) with a known "
+                f"hidden_dim. Received: input_shape={tuple(input_shape)}."
+            )
+        self._add_prompt_weight(int(input_shape[-1]))
+        self.built = True
+
+    def call(self, inputs, mask=None):
+        if inputs.shape.rank != 3:
+            raise ValueError(
+                "PromptPrepend expects rank-3 inputs (batch_size, "
+                f"sequence_length, hidden_dim). Received: shape={inputs.shape}."
+            )
+        return ops.prepend_prompt(inputs, self.prompt, self.offset)
+
+    def compute_mask(self, inputs, mask=None):
+        return ops.extend_mask(mask, self.num_prompt_tokens, self.offset)
+
+    def compute_output_shape(self, input_shape):
+        batch, length, hidden = tuple(input_shape)
+        length = None if length is None else length + self.num_prompt_tokens
+        return (batch, length, hidden)
+
+    def extend(self, x, fill_value=0):
+        """Extend a companion `[B, T, ...]` tensor as the prompt extends the
+        sequence (see `tf_softprompt.ops.extend_sequence`)."""
+        return ops.extend_sequence(x, self.num_prompt_tokens, self.offset, fill_value)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_prompt_tokens": self.num_prompt_tokens,
+                "offset": self.offset,
+                "prompt_initializer": _initializer_config(self.prompt_initializer),
+            }
+        )
+        return config

@@ -1,0 +1,73 @@
+"""Keras 2 (`tf_keras`) soft-prompt layers.
+
+The same layers, names and behaviour as `tf_softprompt.layers`, for tf-keras
+models (what `tf.keras` resolves to under `TF_USE_LEGACY_KERAS=1`). See
+`tf_softprompt.layers.PromptEmbedding` and `PromptPrepend` for the full
+documentation; the math is shared in `tf_softprompt.ops`.
+
+Example:
+```python
+import tf_keras
+from tf_softprompt import keras2
+
+ids = tf_keras.Input((None,), dtype="int32")
+x = tf_keras.layers.Embedding(1000, 32, mask_zero=True)(ids)
+x = keras2.PromptPrepend(4)(x)
+x = tf_keras.layers.LSTM(16)(x)
+model = tf_keras.Model(ids, tf_keras.layers.Dense(2)(x))
+```
+"""
+
+import tf_keras
+
+from tf_softprompt._layer_logic import PromptEmbeddingMixin, PromptPrependMixin
+
+
+@tf_keras.utils.register_keras_serializable(package="tf_softprompt")
+class PromptEmbedding(PromptEmbeddingMixin, tf_keras.layers.Layer):
+    """Keras 2 twin of `tf_softprompt.layers.PromptEmbedding`.
+
+    Args:
+        num_prompt_tokens: int, P.
+        embedding: an existing `tf_keras.layers.Embedding` to wrap (shared and
+            frozen), or `None` to make one from `input_dim` and `output_dim`.
+        input_dim: int, V. output_dim: int, H.
+        prompt_initializer: `"uniform"` or a `tf_softprompt.initializers`
+            initialiser.
+        mask_zero: bool, as in `Embedding`; virtual tokens are never masked.
+        validate_ids: bool, assert the id range at run time.
+
+    Call arguments:
+        inputs: int tensor `(batch_size, sequence_length)`.
+        reverse: bool; logits `(..., V)` over the real vocabulary only.
+
+    Example:
+    ```python
+    layer = keras2.PromptEmbedding.from_matrix(vocabulary, 20)
+    ```
+    """
+
+    _embedding_class = tf_keras.layers.Embedding
+    _serialize = staticmethod(tf_keras.layers.serialize)
+    _deserialize = staticmethod(tf_keras.layers.deserialize)
+
+
+@tf_keras.utils.register_keras_serializable(package="tf_softprompt")
+class PromptPrepend(PromptPrependMixin, tf_keras.layers.Layer):
+    """Keras 2 twin of `tf_softprompt.layers.PromptPrepend`.
+
+    Args:
+        num_prompt_tokens: int, P.
+        offset: int, 0 = first, 1 = after [CLS]/BOS.
+        prompt_initializer: `"uniform"` or a `tf_softprompt.initializers`
+            initialiser.
+
+    Call arguments:
+        inputs: float tensor `(batch_size, sequence_length, hidden_dim)`.
+        mask: optional bool tensor `(batch_size, sequence_length)`.
+
+    Example:
+    ```python
+    x = keras2.PromptPrepend(4, offset=1)(embedded)
+    ```
+    """

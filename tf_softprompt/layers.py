@@ -1,0 +1,159 @@
+"""Keras 3 soft-prompt layers (`keras`, as keras-hub uses it).
+
+Thin shells over `tf_softprompt._layer_logic` and `tf_softprompt.ops`; the
+Keras 2 twins with the same names and behaviour are in
+`tf_softprompt.keras2`.
+"""
+
+import keras
+from keras.src.backend import compute_output_spec
+
+from tf_softprompt._layer_logic import PromptEmbeddingMixin, PromptPrependMixin
+
+
+@keras.saving.register_keras_serializable(package="tf_softprompt")
+class PromptMask(keras.Operation):
+    """The mask of a prompt layer, as a Keras 3 operation.
+
+    Keras 3 builds functional models from symbolic `KerasTensor`s, which
+    TensorFlow ops reject, and records a mask as a node of the graph that
+    must be serialisable. This operation names the layer's mask rule by its
+    config and runs the layer mixin's TensorFlow `compute_mask`, so the mask
+    math stays in one place.
+
+    Args:
+        layer_config: the config of the `PromptEmbedding` or `PromptPrepend`
+            whose mask this is.
+        layer_class: `"PromptEmbedding"` or `"PromptPrepend"`.
+    """
+
+    def __init__(self, layer_class, layer_config, name=None):
+        super().__init__(name=name)
+        self.layer_class = layer_class
+        self.layer_config = layer_config
+        mixin = {
+            "PromptEmbedding": PromptEmbeddingMixin,
+            "PromptPrepend": PromptPrependMixin,
+        }[layer_class]
+        self._rule = _MaskRule(mixin, layer_config)
+
+    def call(self, inputs, mask=None):
+        return self._rule.compute_mask(inputs, mask)
+
+    def compute_output_spec(self, inputs, mask=None):
+        return compute_output_spec(self._rule.compute_mask, inputs, mask)
+
+    def get_config(self):
+        return {
+            "layer_class": self.layer_class,
+            "layer_config": self.layer_config,
+            "name": self.name,
+        }
+
+
+class _MaskRule:
+    """Just enough of a layer for its mixin's `compute_mask` to run."""
+
+    def __init__(self, mixin, config):
+        self._compute_mask = mixin.compute_mask
+        self.num_prompt_tokens = config.get("num_prompt_tokens")
+        self.offset = config.get("offset", 0)
+        self.mask_zero = config.get("mask_zero", False)
+
+    def compute_mask(self, inputs, mask=None):
+        return self._compute_mask(self, inputs, mask)
+
+
+class _SymbolicMaskMixin:
+    """Route `compute_mask` through `PromptMask` on symbolic inputs."""
+
+    def compute_mask(self, inputs, mask=None):
+        if any(isinstance(x, keras.KerasTensor) for x in (inputs, mask)):
+            config = {
+                "num_prompt_tokens": self.num_prompt_tokens,
+                "offset": self.offset,
+                "mask_zero": self.mask_zero,
+            }
+            return PromptMask(type(self).__name__, config)(inputs, mask)
+        return super().compute_mask(inputs, mask)
+
+
+@keras.saving.register_keras_serializable(package="tf_softprompt")
+class PromptEmbedding(_SymbolicMaskMixin, PromptEmbeddingMixin, keras.layers.Layer):
+    """An embedding with P trainable virtual tokens after V frozen ids.
+
+    Ids in `[0, V)` look up the frozen vocabulary matrix (through
+    `tf.stop_gradient`); ids in `[V, V + P)` look up a trainable `[P, H]`
+    prompt table. The vocabulary lives in a frozen `Embedding` sublayer and
+    is never a trainable variable, so no optimizer, weight decay or EMA
+    touches it, and the gradient is `[P, H]`. Ids outside `[0, V + P)` raise.
+
+    Args:
+        num_prompt_tokens: int, P, the number of virtual prompt tokens.
+        embedding: an existing `keras.layers.Embedding` or keras-hub
+            `ReversibleEmbedding` to wrap (shared, not copied; it is frozen).
+            If `None`, a new frozen `Embedding(input_dim, output_dim)` is made.
+        input_dim: int, V; only when `embedding` is `None`.
+        output_dim: int, H; only when `embedding` is `None`.
+        prompt_initializer: `"uniform"` or an initialiser from
+            `tf_softprompt.initializers`.
+        mask_zero: bool, as in `keras.layers.Embedding`; defaults to the
+            wrapped layer's. Virtual tokens are never masked.
+        validate_ids: bool, assert the id range at run time (default True).
+        **kwargs: passed to `keras.layers.Layer` (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: int tensor `(batch_size, sequence_length)`.
+        reverse: bool. If True, `inputs` are hidden states `(..., H)` and the
+            output is logits `(..., V)` over the real vocabulary only.
+
+    Example:
+    ```python
+    layer = tf_softprompt.PromptEmbedding.from_matrix(vocabulary, 20)
+    ids = np.concatenate([np.arange(V, V + 20)[None], token_ids], axis=1)
+    embedded = layer(ids)  # (1, 20 + T, H)
+    ```
+
+    Reference:
+     - [Lester et al., 2021](https://arxiv.org/abs/2104.08691)
+    """
+
+    _embedding_class = keras.layers.Embedding
+    _serialize = staticmethod(keras.saving.serialize_keras_object)
+    _deserialize = staticmethod(keras.saving.deserialize_keras_object)
+
+
+@keras.saving.register_keras_serializable(package="tf_softprompt")
+class PromptPrepend(_SymbolicMaskMixin, PromptPrependMixin, keras.layers.Layer):
+    """Insert P trainable vectors into an embedded sequence at `offset`.
+
+    `(B, T, H)` becomes `(B, P + T, H)`. `compute_mask` inserts P `True`s into
+    the incoming mask at the same offset; no incoming mask gives none.
+
+    Wire it **before** the position-embedding sum to give the prompt vectors
+    positions (the sequence the position layer sees is P + T long), or
+    **after** it to give them none. Companion tensors (padding mask, segment
+    ids, labels, sample weights) are extended with `layer.extend(x, fill)` or
+    `tf_softprompt.extend_sequence`.
+
+    Args:
+        num_prompt_tokens: int, P.
+        offset: int, 0 puts the prompt first, 1 after [CLS]/BOS.
+        prompt_initializer: `"uniform"` or an initialiser from
+            `tf_softprompt.initializers`.
+        **kwargs: passed to `keras.layers.Layer`.
+
+    Call arguments:
+        inputs: float tensor `(batch_size, sequence_length, hidden_dim)`.
+        mask: optional bool tensor `(batch_size, sequence_length)`.
+
+    Example:
+    ```python
+    x = keras.layers.Embedding(1000, 64, mask_zero=True)(token_ids)
+    x = tf_softprompt.PromptPrepend(8)(x)  # mask is now (B, 8 + T)
+    x = keras.layers.LSTM(32)(x)
+    ```
+
+    Reference:
+     - [Li and Liang, 2021](https://arxiv.org/abs/2101.00190)
+    """

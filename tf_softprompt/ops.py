@@ -1,0 +1,248 @@
+"""The soft-prompt math, written once in plain TensorFlow ops.
+
+Everything that decides a number lives here: the extended-vocabulary lookup,
+the id checks, inserting prompt vectors into a sequence, extending masks and
+companion tensors, and packing valid positions to the front of a row. The
+Keras 3 layers (`tf_softprompt.layers`), the Keras 2 layers
+(`tf_softprompt.keras2`), the keras-hub adapter and the exporter are thin
+shells over these functions.
+
+Shapes follow `[B, T]` for token ids, `[V, H]` for the vocabulary matrix and
+`[P, H]` for the prompt table.
+"""
+
+import tensorflow as tf
+
+
+def check_token_ids(token_ids, vocab_size, num_prompt_tokens, name="token_ids"):
+    """Check that `token_ids` are integers of rank 2 within `[0, V + P)`.
+
+    `tf.gather` raises on CPU but silently returns zeros on GPU for an
+    out-of-range index, so the range is asserted explicitly. The dtype and
+    rank checks happen at trace time; the range check is a runtime assertion
+    that runs on every device. Under `jit_compile=True` XLA drops assertions,
+    so for XLA/TPU steps run this in the input pipeline instead (see
+    `validate_token_ids`).
+
+    Args:
+        token_ids: int tensor `[B, T]`.
+        vocab_size: int, V.
+        num_prompt_tokens: int, P (the number of virtual ids accepted).
+        name: str, the name used in error messages.
+
+    Returns:
+        `token_ids`, with a control dependency on the range assertion.
+    """
+    token_ids = tf.convert_to_tensor(token_ids)
+    if not token_ids.dtype.is_integer:
+        raise TypeError(
+            f"`{name}` must be an integer tensor of token ids. Received: "
+            f"dtype={token_ids.dtype.name}. Cast the ids with "
+            f"`tf.cast({name}, 'int32')` before calling the layer."
+        )
+    if token_ids.shape.rank is not None and token_ids.shape.rank != 2:
+        raise ValueError(
+            f"`{name}` must have rank 2, `(batch_size, sequence_length)`. "
+            f"Received: shape={token_ids.shape}. Add a batch axis with "
+            f"`{name}[None, :]` for a single sequence."
+        )
+    limit = vocab_size + num_prompt_tokens
+    message = (
+        f"`{name}` must lie in [0, {limit}): {vocab_size} vocabulary ids plus "
+        f"{num_prompt_tokens} virtual prompt ids starting at {vocab_size}. "
+        "Check the tokenizer's vocabulary size and the prompt length."
+    )
+    checks = [
+        tf.debugging.assert_greater_equal(
+            token_ids, tf.cast(0, token_ids.dtype), message=message
+        ),
+        tf.debugging.assert_less(
+            token_ids, tf.cast(limit, token_ids.dtype), message=message
+        ),
+    ]
+    with tf.control_dependencies(checks):
+        return tf.identity(token_ids)
+
+
+def validate_token_ids(token_ids, vocab_size, num_prompt_tokens):
+    """`check_token_ids` for use in a `tf.data` pipeline (outside XLA)."""
+    return check_token_ids(token_ids, vocab_size, num_prompt_tokens)
+
+
+def prompt_lookup(token_ids, vocabulary, prompt):
+    """Embed ids, sending ids `>= V` to the trainable prompt table.
+
+    Computes `prompt[id - V] if id >= V else stop_gradient(vocabulary[id])`
+    with two gathers and a select. Only the gathered rows of the vocabulary
+    are read, and no gradient reaches it, so no dense `[V, H]` tensor is built
+    in the forward or the backward pass; the prompt's gradient is `[P, H]`.
+
+    Args:
+        token_ids: int tensor `[B, T]` with values in `[0, V + P)`. The range
+            is not checked here; see `check_token_ids`.
+        vocabulary: `[V, H]` tensor or variable, the frozen embedding matrix.
+        prompt: `[P, H]` tensor or variable, the trainable prompt table.
+
+    Returns:
+        `[B, T, H]` tensor in the vocabulary's dtype.
+
+    Example:
+    >>> vocab = tf.reshape(tf.range(6.0), (3, 2))
+    >>> prompt = tf.constant([[10.0, 11.0]])
+    >>> prompt_lookup(tf.constant([[3, 1]]), vocab, prompt).numpy().tolist()
+    [[[10.0, 11.0], [2.0, 3.0]]]
+    """
+    vocab_size = tf.shape(vocabulary, out_type=token_ids.dtype)[0]
+    is_prompt = token_ids >= vocab_size
+    zeros = tf.zeros_like(token_ids)
+    vocab_rows = tf.stop_gradient(
+        tf.gather(vocabulary, tf.where(is_prompt, zeros, token_ids))
+    )
+    prompt_rows = tf.gather(prompt, tf.where(is_prompt, token_ids - vocab_size, zeros))
+    prompt_rows = tf.cast(prompt_rows, vocab_rows.dtype)
+    return tf.where(is_prompt[..., None], prompt_rows, vocab_rows)
+
+
+def tied_logits(hidden, vocabulary):
+    """Output logits `hidden · vocabulary[:V]ᵀ`, never over prompt rows.
+
+    Args:
+        hidden: `[..., H]` tensor.
+        vocabulary: `[V, H]` frozen embedding matrix.
+
+    Returns:
+        `[..., V]` logits in `hidden`'s dtype.
+    """
+    kernel = tf.cast(tf.stop_gradient(vocabulary), hidden.dtype)
+    return tf.linalg.matmul(hidden, kernel, transpose_b=True)
+
+
+def virtual_token_ids(vocab_size, num_prompt_tokens, dtype=tf.int32):
+    """The virtual ids `[V, V + P)` of a prompt table, as a `[P]` tensor."""
+    return tf.range(vocab_size, vocab_size + num_prompt_tokens, dtype=dtype)
+
+
+def insert_along_sequence(x, values, offset):
+    """Insert `values` into `x` along axis 1 at `offset`, per example.
+
+    Args:
+        x: `[B, T, ...]` tensor.
+        values: `[P, ...]` tensor (shared by the batch) or `[B, P, ...]`.
+        offset: Python int, the insertion position (0 = before the first
+            element, 1 = after the first, e.g. after [CLS]/BOS).
+
+    Returns:
+        `[B, P + T, ...]` tensor.
+    """
+    x = tf.convert_to_tensor(x)
+    values = tf.cast(tf.convert_to_tensor(values), x.dtype)
+    if values.shape.rank == x.shape.rank - 1:
+        batch = tf.shape(x)[:1]
+        values = tf.broadcast_to(
+            values[None], tf.concat([batch, tf.shape(values)], axis=0)
+        )
+    static_length = x.shape[1]
+    if static_length is not None and offset > static_length:
+        raise ValueError(
+            f"`offset` must be at most the sequence length. Received: "
+            f"offset={offset}, sequence_length={static_length}."
+        )
+    return tf.concat([x[:, :offset], values, x[:, offset:]], axis=1)
+
+
+def extend_sequence(x, num_prompt_tokens, offset=0, fill_value=0):
+    """Extend a companion tensor the way the prompt extends the sequence.
+
+    Use it on every `[B, T, ...]` tensor that travels with the token ids:
+    padding masks (fill `True`), segment ids (fill the segment of the
+    surrounding tokens, usually 0), labels (any fill, with sample weight 0)
+    and sample weights (fill 0).
+
+    Args:
+        x: `[B, T, ...]` tensor.
+        num_prompt_tokens: int, P.
+        offset: int, where the prompt sits, as in `insert_along_sequence`.
+        fill_value: scalar written at the P prompt positions.
+
+    Returns:
+        `[B, P + T, ...]` tensor of `x`'s dtype.
+
+    Example:
+    >>> mask = tf.constant([[True, True, False]])
+    >>> extend_sequence(mask, 2, offset=1, fill_value=True).numpy().tolist()
+    [[True, True, True, True, False]]
+    """
+    x = tf.convert_to_tensor(x)
+    if num_prompt_tokens <= 0:
+        raise ValueError(
+            "`num_prompt_tokens` must be a positive integer. Received: "
+            f"num_prompt_tokens={num_prompt_tokens}."
+        )
+    fill_shape = tf.concat(
+        [tf.shape(x)[:1], [num_prompt_tokens], tf.shape(x)[2:]], axis=0
+    )
+    fill = tf.fill(fill_shape, tf.cast(fill_value, x.dtype))
+    return tf.concat([x[:, :offset], fill, x[:, offset:]], axis=1)
+
+
+def extend_mask(mask, num_prompt_tokens, offset=0):
+    """Insert P `True`s into a `[B, T]` mask; `None` stays `None`."""
+    if mask is None:
+        return None
+    return extend_sequence(
+        tf.cast(mask, tf.bool), num_prompt_tokens, offset, fill_value=True
+    )
+
+
+def prepend_prompt(embedded, prompt, offset=0):
+    """Insert the `[P, H]` prompt into a `[B, T, H]` embedded sequence.
+
+    Args:
+        embedded: `[B, T, H]` tensor.
+        prompt: `[P, H]` (shared) or `[B, P, H]` (per example) tensor.
+        offset: int, the insertion position.
+
+    Returns:
+        `[B, P + T, H]` tensor in `embedded`'s dtype.
+    """
+    return insert_along_sequence(embedded, prompt, offset)
+
+
+def pack_permutation(mask):
+    """The per-row permutation that moves valid positions to the front.
+
+    The sort is stable, so valid positions keep their order and so do the
+    padding positions. Applying it turns left padding, or padding in the
+    middle of a row, into right padding.
+
+    Args:
+        mask: `[B, T]` bool tensor, `True` where the position is valid.
+
+    Returns:
+        `[B, T]` int32 tensor `perm` such that
+        `tf.gather(x, perm, batch_dims=1)` packs a row.
+    """
+    keys = 1 - tf.cast(mask, tf.int32)
+    return tf.argsort(keys, axis=1, stable=True)
+
+
+def inverse_permutation(perm):
+    """Inverse of a `[B, T]` batch of permutations."""
+    return tf.argsort(perm, axis=1, stable=True)
+
+
+def gather_rows(x, perm):
+    """Reorder `x` (`[B, T, ...]`) along axis 1 by a `[B, T]` permutation."""
+    return tf.gather(x, perm, batch_dims=1)
+
+
+def check_prompt_shape(value, expected_shape, what="prompt"):
+    """Raise if `value`'s shape differs from `expected_shape`, naming both."""
+    shape = tuple(int(d) for d in value.shape)
+    expected = tuple(int(d) for d in expected_shape)
+    if shape != expected:
+        raise ValueError(
+            f"The {what} has shape {list(shape)} but the model expects "
+            f"{list(expected)} ([num_prompt_tokens, hidden_dim]). Both "
+            "shapes must match."
+        )
