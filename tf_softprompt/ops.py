@@ -20,9 +20,13 @@ def check_token_ids(token_ids, vocab_size, num_prompt_tokens, name="token_ids"):
     `tf.gather` raises on CPU but silently returns zeros on GPU for an
     out-of-range index, so the range is asserted explicitly. The dtype and
     rank checks happen at trace time; the range check is a runtime assertion
-    that runs on every device. Under `jit_compile=True` XLA drops assertions,
-    so for XLA/TPU steps run this in the input pipeline instead (see
-    `validate_token_ids`).
+    that runs on every device outside XLA (eager and `tf.function`, CPU and
+    GPU).
+
+    Under `jit_compile=True`, XLA drops assertions, so inside a compiled step
+    this check does nothing. Run `validate_token_ids` in the `tf.data`
+    pipeline (never compiled), which raises before the step; as a last line
+    of defence `prompt_lookup` turns out-of-range ids into NaN rows.
 
     Args:
         token_ids: int tensor `[B, T]`.
@@ -65,7 +69,17 @@ def check_token_ids(token_ids, vocab_size, num_prompt_tokens, name="token_ids"):
 
 
 def validate_token_ids(token_ids, vocab_size, num_prompt_tokens):
-    """`check_token_ids` for use in a `tf.data` pipeline (outside XLA)."""
+    """`check_token_ids` for a `tf.data` pipeline, outside any XLA step.
+
+    `tf.data` functions are not compiled with XLA, so the range assertion
+    raises `InvalidArgumentError` while iterating, even when the training step
+    runs with `jit_compile=True` (where assertions are dropped).
+
+    Example:
+    ```python
+    ds = ds.map(lambda ids, y: (validate_token_ids(ids, V, P), y))
+    ```
+    """
     return check_token_ids(token_ids, vocab_size, num_prompt_tokens)
 
 
@@ -75,7 +89,13 @@ def prompt_lookup(token_ids, vocabulary, prompt):
     Computes `prompt[id - V] if id >= V else stop_gradient(vocabulary[id])`
     with two gathers and a select. Only the gathered rows of the vocabulary
     are read, and no gradient reaches it, so no dense `[V, H]` tensor is built
-    in the forward or the backward pass; the prompt's gradient is `[P, H]`.
+    in the forward or the backward pass; the prompt's gradient is `[P, H]`
+    (an `IndexedSlices` with `dense_shape` `[P, H]`).
+
+    An id outside `[0, V + P)` gives a row of NaN, not a clamped or zero row.
+    This only matters where `check_token_ids` cannot raise: under
+    `jit_compile=True`, XLA drops assertions and clamps gather indices, and
+    the NaN row turns a silently wrong embedding into a visible NaN loss.
 
     Args:
         token_ids: int tensor `[B, T]` with values in `[0, V + P)`. The range
@@ -93,14 +113,22 @@ def prompt_lookup(token_ids, vocabulary, prompt):
     [[[10.0, 11.0], [2.0, 3.0]]]
     """
     vocab_size = tf.shape(vocabulary, out_type=token_ids.dtype)[0]
+    limit = vocab_size + tf.shape(prompt, out_type=token_ids.dtype)[0]
     is_prompt = token_ids >= vocab_size
+    in_range = tf.logical_and(token_ids >= 0, token_ids < limit)
     zeros = tf.zeros_like(token_ids)
-    vocab_rows = tf.stop_gradient(
-        tf.gather(vocabulary, tf.where(is_prompt, zeros, token_ids))
+    vocab_ids = tf.where(tf.logical_and(in_range, ~is_prompt), token_ids, zeros)
+    prompt_ids = tf.where(
+        tf.logical_and(in_range, is_prompt), token_ids - vocab_size, zeros
     )
-    prompt_rows = tf.gather(prompt, tf.where(is_prompt, token_ids - vocab_size, zeros))
-    prompt_rows = tf.cast(prompt_rows, vocab_rows.dtype)
-    return tf.where(is_prompt[..., None], prompt_rows, vocab_rows)
+    vocab_rows = tf.stop_gradient(tf.gather(vocabulary, vocab_ids))
+    prompt_rows = tf.cast(tf.gather(prompt, prompt_ids), vocab_rows.dtype)
+    outputs = tf.where(is_prompt[..., None], prompt_rows, vocab_rows)
+    # Under XLA, `check_token_ids`' assertions are dropped and gathers clamp
+    # out-of-range indices, which would silently return a real row. NaN rows
+    # make such ids visible (a NaN loss) on every device and compiler instead.
+    nan = tf.constant(float("nan"), outputs.dtype)
+    return tf.where(in_range[..., None], outputs, nan)
 
 
 def tied_logits(hidden, vocabulary):
