@@ -181,6 +181,22 @@ def test_fifty_adamw_steps_leave_the_vocabulary_bit_identical():
     assert all(tuple(v.shape) != (V, H) for v in optimizer.variables)
 
 
+def test_unfreezing_the_model_never_makes_the_vocabulary_trainable():
+    """`trainable` is recursive in Keras: freezing then unfreezing a model
+    (or the layer) must not switch the wrapped vocabulary back on."""
+    layer = tf_softprompt.PromptEmbedding(P, input_dim=V, output_dim=H)
+    model = _classifier(layer)
+    for target in (model, layer):
+        target.trainable = False
+        frozen = sorted(tuple(v.shape) for v in model.trainable_weights)
+        assert frozen == ([] if target is model else [(2,), (H, 2)])
+        target.trainable = True
+        shapes = sorted(tuple(v.shape) for v in model.trainable_weights)
+        assert shapes == [(2,), (P, H), (H, 2)]
+        assert [tuple(v.shape) for v in layer.non_trainable_weights] == [(V, H)]
+        assert layer.embedding.trainable is False
+
+
 # Masks ---------------------------------------------------------------------
 
 

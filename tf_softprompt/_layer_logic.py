@@ -35,6 +35,25 @@ def _check_offset(offset):
     return offset
 
 
+def _base_property(obj, owner, name):
+    """The property `name` as defined after `owner` in `obj`'s MRO."""
+    mro = type(obj).__mro__
+    for klass in mro[mro.index(owner) + 1 :]:
+        if name in klass.__dict__:
+            return klass.__dict__[name]
+    raise AttributeError(name)
+
+
+def _without(variables, excluded):
+    excluded = {id(v) for v in excluded}
+    return [v for v in variables if id(v) not in excluded]
+
+
+def _with(variables, added):
+    variables = list(variables)
+    return variables + _without(added, variables)
+
+
 def _initializer_config(initializer):
     # Closures from `tf_softprompt.initializers` are not serialisable; the
     # prompt's values travel with the weights, so a re-created layer only
@@ -227,6 +246,44 @@ class PromptEmbeddingMixin(PromptWeightsMixin):
 
     def _vocabulary_for_artifact(self, vocabulary):
         return self.vocabulary if vocabulary is None else vocabulary
+
+    # The vocabulary must stay frozen whatever happens to `trainable`. Both
+    # Keras flavours set `trainable` recursively: `model.trainable = True`
+    # (e.g. unfreezing after a frozen phase) would switch the wrapped
+    # embedding back on. Keras 3 decides per variable (`variable.trainable`),
+    # so the setter re-freezes the sublayer; tf-keras sets `_trainable` on
+    # every nested layer directly, so the weight lists also leave it out.
+
+    @property
+    def trainable(self):
+        return _base_property(self, PromptEmbeddingMixin, "trainable").fget(self)
+
+    @trainable.setter
+    def trainable(self, value):
+        _base_property(self, PromptEmbeddingMixin, "trainable").fset(self, value)
+        embedding = self.__dict__.get("embedding")
+        if embedding is not None:
+            embedding.trainable = False
+
+    def _frozen_weights(self):
+        embedding = self.__dict__.get("embedding")
+        return [] if embedding is None else list(embedding.weights)
+
+    @property
+    def trainable_weights(self):
+        return _without(super().trainable_weights, self._frozen_weights())
+
+    @property
+    def trainable_variables(self):
+        return _without(super().trainable_variables, self._frozen_weights())
+
+    @property
+    def non_trainable_weights(self):
+        return _with(super().non_trainable_weights, self._frozen_weights())
+
+    @property
+    def non_trainable_variables(self):
+        return _with(super().non_trainable_variables, self._frozen_weights())
 
     def get_config(self):
         config = super().get_config()
