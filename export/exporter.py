@@ -1,0 +1,429 @@
+"""Export a prompt-tuned classifier as a TF Serving SavedModel.
+
+The trained prompts are baked into the SavedModel as a constant-shaped
+table, so TF Serving needs nothing from this package at serving time. The
+graph is written with the Keras `ExportArchive` (Keras 3, or tf-keras's for
+Keras 2 models), whose SavedModels load in TF Serving's C++ session loader;
+a plain `tf.saved_model.save` of a Keras 3 model does not.
+
+Stages, each a named function:
+
+1. `encode` (CPU, string ops): text to fixed-length ids (`text.TextEncoder`),
+   truncating the text, never the prompt.
+2. `select_prompts`: task names to each example's virtual prompt ids
+   (`prompt_table.PromptTable`), inserted at the prompt offset.
+3. `forward`: the Keras model over ids and padding mask (int/float only,
+   static sequence length: the part a TPU converter takes).
+4. `postprocess`: class probabilities, label ids and label names.
+
+Signatures (all batch-major, so TF Serving's batching applies):
+
+- `serving_default(text: string[B] [, task: string[B]])` -> `probabilities`
+  float32 `[B, C]`, `label_ids` int32 `[B]`, `label_names` string `[B]`.
+  The `task` input exists when several prompts are exported.
+- `predict_tokens(token_ids: int32[B, T], padding_mask: int32[B, T]
+  [, task_id: int32[B]])` -> the same outputs, with `T = sequence_length -
+  Pmax` text positions as `TextEncoder` produces them. No string ops; it is
+  also saved under the function alias `tpu_func` for the TPU converter.
+
+Example:
+```python
+path = export_model(
+    model, "models/demo", 1, tokenizer=tokenizer, sequence_length=32,
+    labels=["negative", "positive"],
+    prompts={"sst2": "sst2.prompt.npz", "imdb": "imdb.prompt.npz"},
+)
+```
+"""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from tf_softprompt import keras2, layers
+from tf_softprompt.export import layout
+from tf_softprompt.export.prompt_table import PromptTable, insert_prompt_ids
+from tf_softprompt.export.text import TextEncoder
+
+TPU_ALIAS = "tpu_func"
+INFO_FILE = os.path.join("assets.extra", "tf_softprompt.json")
+_EMBEDDING_LAYERS = (layers.PromptEmbedding, keras2.PromptEmbedding)
+_PREPEND_LAYERS = (layers.PromptPrepend, keras2.PromptPrepend)
+
+
+def find_prompt_layer(model):
+    """The model's one prompt layer (`PromptEmbedding`/`PromptPrepend`), or
+    `None` for a model without prompts (a baseline export)."""
+    found = [
+        layer
+        for layer in _walk_layers(model)
+        if isinstance(layer, _EMBEDDING_LAYERS + _PREPEND_LAYERS)
+    ]
+    if len(found) > 1:
+        raise ValueError(
+            "The exporter serves one prompt layer per model. Received a model "
+            f"with {len(found)}: {[layer.name for layer in found]}."
+        )
+    return found[0] if found else None
+
+
+def _walk_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers") and layer is not model:
+            yield from _walk_layers(layer)
+
+
+def _is_keras2(model):
+    import tf_keras
+
+    return isinstance(model, tf_keras.Model)
+
+
+def _clone_with(model, old, new):
+    if _is_keras2(model):
+        import tf_keras
+
+        clone = tf_keras.models.clone_model
+    else:
+        import keras
+
+        clone = keras.models.clone_model
+    return clone(model, clone_function=lambda layer: new if layer is old else layer)
+
+
+def _table_model(model, layer, table):
+    """The model with its prompt layer replaced by one holding `table`.
+
+    Every other layer (and its weights) is shared, not copied.
+    """
+    if isinstance(layer, _EMBEDDING_LAYERS):
+        new = type(layer).from_embedding(
+            layer.embedding,
+            table.num_rows,
+            validate_ids=layer.validate_ids,
+            name=f"{layer.name}_task_table",
+        )
+        new.build((None, None))
+    else:
+        if len(table.tasks) != 1:
+            raise ValueError(
+                "Several prompts in one export need virtual prompt ids "
+                "(`PromptEmbedding`); this model inserts its prompt with "
+                f"`PromptPrepend` ({layer.name}). Export one task per model, or "
+                "build the model with `PromptEmbedding`."
+            )
+        config = layer.get_config()
+        config["name"] = f"{layer.name}_exported"
+        new = type(layer).from_config(config)
+        new.build((None, None, int(layer.prompt.shape[1])))
+    new.prompt.assign(table.table)
+    return _clone_with(model, layer, new)
+
+
+def _prompt_table(layer, prompts, vocabulary, task, offset, tokenizer, specials):
+    """The table to serve: the layer's own prompt, or the artifacts'."""
+    if layer is None:
+        if prompts is not None:
+            raise ValueError(
+                "The model has no tf_softprompt prompt layer, so it cannot serve "
+                f"prompts. Received: prompts={prompts!r}. Build the model with "
+                "`PromptEmbedding`, or export without `prompts`."
+            )
+        return None
+    if prompts is None:
+        if offset is None:
+            start = TextEncoder.resolve_specials(tokenizer, **specials)[0]
+            offset = 0 if start is None else 1
+        vocab = vocabulary if vocabulary is not None else _vocabulary(layer)
+        return PromptTable.from_arrays(
+            {task: np.asarray(layer.prompt)}, vocab, offset=offset
+        )
+    vocab = vocabulary if vocabulary is not None else _vocabulary(layer)
+    table = PromptTable.from_artifacts(prompts, vocab)
+    return table if offset is None else dataclasses.replace(table, offset=int(offset))
+
+
+def _vocabulary(layer):
+    if isinstance(layer, _EMBEDDING_LAYERS):
+        return np.asarray(layer.vocabulary)
+    raise ValueError(
+        f"Pass `vocabulary=` (the base's [V, H] embedding matrix) to export "
+        f"prompts for {type(layer).__name__} layer {layer.name}."
+    )
+
+
+def _model_inputs(model, token_ids, padding_mask):
+    """Feed the model's named inputs; unknown extras (segment ids) get 0."""
+    spec = model.input
+    if not isinstance(spec, dict):
+        return [token_ids, padding_mask]
+    feeds = {}
+    for name, tensor in spec.items():
+        dtype = tf.as_dtype(tensor.dtype)
+        if name == "token_ids":
+            feeds[name] = tf.cast(token_ids, dtype)
+        elif name == "padding_mask":
+            feeds[name] = tf.cast(padding_mask, dtype)
+        else:
+            feeds[name] = tf.zeros_like(token_ids, dtype)
+    return feeds
+
+
+class _ServingStages:
+    """The four named stages, closed over one model, table and encoder."""
+
+    def __init__(self, model, table, encoder, labels, method, activation):
+        self.model = model
+        self.table = table
+        self.encoder = encoder
+        self.labels = tf.constant(labels)
+        self.method = method
+        self.activation = activation
+
+    def encode(self, text):
+        return self.encoder(text)
+
+    def select_prompts(self, token_ids, padding_mask, task_index):
+        if self.table is None or self.method != "embedding":
+            return token_ids, padding_mask
+        prompt_ids, prompt_mask = self.table.prompt_ids(task_index)
+        return insert_prompt_ids(
+            token_ids, padding_mask, prompt_ids, prompt_mask, self.table.offset
+        )
+
+    def forward(self, token_ids, padding_mask):
+        inputs = _model_inputs(self.model, token_ids, padding_mask)
+        return tf.cast(self.model(inputs, training=False), tf.float32)
+
+    def postprocess(self, outputs):
+        probabilities = tf.nn.softmax(outputs) if self.activation else outputs
+        label_ids = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
+        return {
+            "probabilities": probabilities,
+            "label_ids": label_ids,
+            "label_names": tf.gather(self.labels, label_ids),
+        }
+
+    def predict(self, token_ids, padding_mask, task_index):
+        token_ids, padding_mask = self.select_prompts(
+            token_ids, tf.cast(padding_mask, tf.bool), task_index
+        )
+        return self.postprocess(self.forward(token_ids, padding_mask))
+
+
+def _endpoints(stages, text_length, multi_task):
+    """`{name: (fn, input_signature)}` for `serving_default` and
+    `predict_tokens`."""
+    ids_spec = tf.TensorSpec([None, text_length], tf.int32, name="token_ids")
+    mask_spec = tf.TensorSpec([None, text_length], tf.int32, name="padding_mask")
+    text_spec = tf.TensorSpec([None], tf.string, name="text")
+    table = stages.table
+
+    def zeros(x):
+        return tf.zeros(tf.shape(x)[:1], tf.int32)
+
+    if multi_task:
+
+        def serving_default(text, task):
+            token_ids, padding_mask = stages.encode(text)
+            return stages.predict(token_ids, padding_mask, table.task_index(task))
+
+        def predict_tokens(token_ids, padding_mask, task_id):
+            return stages.predict(token_ids, padding_mask, table.check_task_id(task_id))
+
+        return {
+            "serving_default": (
+                serving_default,
+                [text_spec, tf.TensorSpec([None], tf.string, name="task")],
+            ),
+            "predict_tokens": (
+                predict_tokens,
+                [ids_spec, mask_spec, tf.TensorSpec([None], tf.int32, name="task_id")],
+            ),
+        }
+
+    def serving_default(text):  # noqa: F811 - one pair per mode
+        token_ids, padding_mask = stages.encode(text)
+        return stages.predict(token_ids, padding_mask, zeros(text))
+
+    def predict_tokens(token_ids, padding_mask):  # noqa: F811
+        return stages.predict(token_ids, padding_mask, zeros(token_ids))
+
+    return {
+        "serving_default": (serving_default, [text_spec]),
+        "predict_tokens": (predict_tokens, [ids_spec, mask_spec]),
+    }
+
+
+def _archive_class(model):
+    if _is_keras2(model):
+        from tf_keras.export import ExportArchive
+    else:
+        from keras.export import ExportArchive
+    return ExportArchive
+
+
+def _endpoint_function(archive, name):
+    # Keras 3 keeps endpoints on an inner trackable; tf-keras on itself.
+    holder = getattr(archive, "_tf_trackable", archive)
+    return getattr(holder, name)
+
+
+def _warmup_inputs(stages, texts, table, multi_task):
+    text = tf.constant(list(texts))
+    # In graph mode, as when serving (eager keras-hub tokenizers return lists).
+    token_ids, padding_mask = tf.function(stages.encode)(text)
+    tokens = {
+        "token_ids": token_ids.numpy(),
+        "padding_mask": tf.cast(padding_mask, tf.int32).numpy(),
+    }
+    default = {"text": text.numpy()}
+    if multi_task:
+        tasks = [table.tasks[i % len(table.tasks)] for i in range(len(texts))]
+        default["task"] = np.array(tasks, dtype=object)
+        tokens["task_id"] = np.array(
+            [i % len(table.tasks) for i in range(len(texts))], np.int32
+        )
+    return {"serving_default": default, "predict_tokens": tokens}
+
+
+def export_model(
+    model,
+    base_dir,
+    version,
+    *,
+    tokenizer,
+    sequence_length,
+    labels=None,
+    prompts=None,
+    vocabulary=None,
+    task="default",
+    offset=None,
+    activation="softmax",
+    model_name=None,
+    warmup_texts=("a warmup request", ""),
+    start_id=None,
+    end_id=None,
+    pad_id=None,
+):
+    """Export a classifier with its trained prompt(s) to `BASE/<version>`.
+
+    Assumes `model` maps `{"token_ids": [B, L], "padding_mask": [B, L]}` (or
+    the list `[token_ids, padding_mask]`; other named inputs such as
+    `segment_ids` are fed zeros) to class scores `[B, C]`, and holds one
+    `tf_softprompt` prompt layer (Keras 3 or Keras 2). A model with no prompt
+    layer exports as a baseline.
+
+    Args:
+        model: the Keras 3 or tf-keras model.
+        base_dir: the model's TF Serving base path.
+        version: positive int; `BASE/<version>` must not exist.
+        tokenizer: callable strings `[B]` -> ragged ids (e.g. a keras-hub
+            tokenizer); it runs in-graph.
+        sequence_length: int L, the model's total length (prompt included).
+        labels: list of C class names (default `"0"`, `"1"`, ...).
+        prompts: `None` to export the model's own prompt as task `task`, or
+            prompt artifacts (list of paths, or `{task: path}`) trained on
+            this base; several give a multi-task export.
+        vocabulary: the base's `[V, H]` matrix, needed only for a
+            `PromptPrepend` model exported from artifacts.
+        task: the task name of the model's own prompt.
+        offset: where the prompt is inserted; default: the artifacts'
+            offset, else 1 if the text starts with a special token, else 0.
+        activation: `"softmax"` if the model outputs logits, `None` if it
+            already outputs probabilities.
+        model_name: the name in warmup requests (default: the base dir name).
+        warmup_texts: texts for the warmup requests.
+        start_id, end_id, pad_id: special ids; see `TextEncoder`.
+
+    Returns:
+        The path of the new version directory.
+
+    Raises:
+        FileExistsError: if the version exists.
+        ValueError: if a prompt was trained on another base, or the shapes
+            do not fit.
+    """
+    base_dir = os.fspath(base_dir)
+    target = layout.version_dir(base_dir, version)
+    layout.check_new_version(base_dir, version)
+    layer = find_prompt_layer(model)
+    method = getattr(layer, "method", None)
+    specials = {"start_id": start_id, "end_id": end_id, "pad_id": pad_id}
+    table = _prompt_table(layer, prompts, vocabulary, task, offset, tokenizer, specials)
+    serving_model = model if table is None else _table_model(model, layer, table)
+    pmax = 0 if table is None else table.max_length
+    encoder = TextEncoder(tokenizer, sequence_length - pmax, **specials)
+    labels = _labels(serving_model, labels, encoder)
+    multi_task = table is not None and len(table.tasks) > 1
+    stages = _ServingStages(serving_model, table, encoder, labels, method, activation)
+    endpoints = _endpoints(stages, encoder.length, multi_task)
+
+    # Encoding the warmup texts eagerly also builds a keras-hub tokenizer,
+    # which the archive must track (it may own lookup tables).
+    warmup = _warmup_inputs(stages, warmup_texts, table, multi_task)
+    archive = _archive_class(model)()
+    archive.track(serving_model)
+    if getattr(tokenizer, "built", False):
+        archive.track(tokenizer)
+    for name, (fn, signature) in endpoints.items():
+        archive.add_endpoint(name, fn, input_signature=signature)
+    options = tf.saved_model.SaveOptions(
+        function_aliases={TPU_ALIAS: _endpoint_function(archive, "predict_tokens")}
+    )
+    info = _export_info(table, labels, sequence_length, encoder, multi_task, method)
+    with layout.publish_version(base_dir, version) as tmp:
+        _write_archive(archive, tmp, options)
+        layout.write_warmup_requests(
+            tmp, model_name or os.path.basename(os.path.abspath(base_dir)), warmup
+        )
+        with open(os.path.join(tmp, INFO_FILE), "w") as f:
+            json.dump(info, f, indent=2)
+    return target
+
+
+def _write_archive(archive, path, options):
+    try:
+        archive.write_out(path, options=options, verbose=False)
+    except TypeError:  # tf-keras's write_out has no `verbose`.
+        archive.write_out(path, options=options)
+
+
+def _labels(model, labels, encoder):
+    if labels is not None:
+        return [str(label) for label in labels]
+    num_classes = model.output.shape[-1]
+    return [str(i) for i in range(int(num_classes))]
+
+
+def _export_info(table, labels, sequence_length, encoder, multi_task, method):
+    """What a client needs to know, in `assets.extra/tf_softprompt.json`."""
+    return {
+        "format": "tf-softprompt-export/1",
+        "labels": labels,
+        "tasks": list(table.tasks) if table else [],
+        "prompt_lengths": list(table.lengths) if table else [],
+        "max_prompt_length": table.max_length if table else 0,
+        "prompt_offset": table.offset if table else 0,
+        "prompt_method": method,
+        "vocab_fingerprint": table.vocab_fingerprint if table else None,
+        "sequence_length": int(sequence_length),
+        "text_positions": encoder.length,
+        "max_text_tokens": encoder.max_text_tokens,
+        "special_ids": {
+            "start": encoder.start_id,
+            "end": encoder.end_id,
+            "pad": encoder.pad_id,
+        },
+        "multi_task": multi_task,
+        "signatures": ["serving_default", "predict_tokens"],
+        "function_aliases": {TPU_ALIAS: "predict_tokens"},
+        "truncation": (
+            "text keeps its first max_text_tokens tokens; the prompt is never "
+            "truncated"
+        ),
+    }
