@@ -42,11 +42,11 @@ import os
 
 import numpy as np
 import tensorflow as tf
-
-from tf_softprompt import keras2, layers
 from tf_softprompt.export import layout
 from tf_softprompt.export.prompt_table import PromptTable, insert_prompt_ids
 from tf_softprompt.export.text import TextEncoder
+
+from tf_softprompt import keras2, layers
 
 TPU_ALIAS = "tpu_func"
 INFO_FILE = os.path.join("assets.extra", "tf_softprompt.json")
@@ -423,7 +423,6 @@ def _export_info(table, labels, sequence_length, encoder, multi_task, method):
         "signatures": ["serving_default", "predict_tokens"],
         "function_aliases": {TPU_ALIAS: "predict_tokens"},
         "truncation": (
-            "text keeps its first max_text_tokens tokens; the prompt is never "
-            "truncated"
+            "text keeps its first max_text_tokens tokens; the prompt is never truncated"
         ),
     }

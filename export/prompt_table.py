@@ -108,9 +108,10 @@ class PromptTable:
                 vocabulary fingerprint differs), two prompts share a task name,
                 or their offsets differ.
         """
-        named = (
-            list(paths.items()) if isinstance(paths, dict) else [(None, p) for p in paths]
-        )
+        if isinstance(paths, dict):
+            named = list(paths.items())
+        else:
+            named = [(None, path) for path in paths]
         prompts, offsets = {}, {}
         for task, path in named:
             values, metadata = artifact.load_prompt(path, vocabulary)

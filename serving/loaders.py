@@ -260,7 +260,7 @@ def write_c_jobs(jobs, path):
             values = " ".join(_encode_value(v) for v in array.reshape(-1))
             lines.append(f"feed {info.name} {_c_dtype(array)} {array.ndim} {dims}")
             lines.append(values)
-        for key, info in sorted(spec.outputs.items()):
+        for _key, info in sorted(spec.outputs.items()):
             lines.append(f"fetch {info.name}")
         lines.append("go")
     with open(path, "w") as f:
