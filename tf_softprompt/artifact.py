@@ -20,11 +20,13 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
 
 import numpy as np
 
 FORMAT = "tf-softprompt/1"
 SUFFIX = ".npz"
+_REQUIRED_KEYS = ("num_prompt_tokens", "hidden_dim", "vocab_size", "vocab_fingerprint")
 
 
 def _as_numpy(x):
@@ -158,7 +160,7 @@ def load_prompt(path, vocabulary=None, *, hidden_dim=None, vocab_size=None):
         with np.load(path, allow_pickle=False) as data:
             values = np.array(data["prompt"])
             metadata = json.loads(str(data["metadata"]))
-    except (OSError, ValueError, KeyError, EOFError) as e:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(
             f"Could not read a prompt artifact from {path!r}: {e}. The file is "
             "missing, truncated or not written by tf_softprompt.save_prompt."
@@ -167,6 +169,12 @@ def load_prompt(path, vocabulary=None, *, hidden_dim=None, vocab_size=None):
         raise ValueError(
             f"{path!r} is not a {FORMAT} prompt artifact. Received metadata "
             f"format={getattr(metadata, 'get', lambda k: None)('format')!r}."
+        )
+    missing = sorted(set(_REQUIRED_KEYS) - set(metadata))
+    if missing:
+        raise ValueError(
+            f"{path!r} is corrupt: its metadata lacks {missing}. Re-save the "
+            "prompt with tf_softprompt.save_prompt."
         )
     if values.ndim != 2 or list(values.shape) != [
         metadata["num_prompt_tokens"],

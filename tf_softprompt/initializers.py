@@ -36,6 +36,16 @@ def _cast(values, dtype):
     return tf.cast(tf.convert_to_tensor(values), dtype or tf.float32)
 
 
+def _check_hidden(shape, matrix):
+    rows, hidden = (int(d) for d in shape)
+    if hidden != matrix.shape[1]:
+        raise ValueError(
+            f"The prompt has shape {[rows, hidden]} but the vocabulary has "
+            f"shape {list(matrix.shape)}: hidden sizes must match."
+        )
+    return rows, hidden
+
+
 def uniform(scale=0.5, seed=None):
     """Uniform values in `[-scale, scale]` (prompt-tuning's "random uniform").
 
@@ -78,8 +88,7 @@ def from_sample_of_embeddings(vocabulary, population_size=None, seed=None):
         )
 
     def init(shape, dtype=None):
-        rows, hidden = shape
-        check_prompt_shape(matrix[:rows], (rows, hidden), "vocabulary sample")
+        rows, _ = _check_hidden(shape, matrix)
         rng = np.random.default_rng(seed)
         replace = rows > population
         ids = rng.choice(population, size=rows, replace=replace)
@@ -119,12 +128,7 @@ def from_token_ids(vocabulary, token_ids, fallback=None):
     fallback = fallback or from_sample_of_embeddings(matrix, seed=0)
 
     def init(shape, dtype=None):
-        rows, hidden = shape
-        if hidden != matrix.shape[1]:
-            raise ValueError(
-                f"The prompt has shape {[rows, hidden]} but the vocabulary "
-                f"has shape {list(matrix.shape)}: hidden sizes must match."
-            )
+        rows, _ = _check_hidden(shape, matrix)
         if len(groups) > rows:
             raise ValueError(
                 f"{len(groups)} token groups were given for a prompt of "
