@@ -684,11 +684,20 @@ def enable_prompt_tuning(
         )
     _check_num_prompt_tokens(num_prompt_tokens)
     _check_structure(model, backbone, method)
-    if getattr(backbone, _ATTRIBUTE, None) is not None:
-        raise ValueError(
-            f"Prompt tuning is already enabled on `{backbone.name}`. Use "
-            "`tf_softprompt.hub.get_prompt_tuning(model)` to get its handle."
-        )
+    existing = getattr(backbone, _ATTRIBUTE, None)
+    if existing is not None:
+        same = (existing.num_prompt_tokens, existing.method) == (
+            num_prompt_tokens,
+            method,
+        ) and offset in (None, existing.offset)
+        if task is None or getattr(task, _ATTRIBUTE, None) is not None or not same:
+            raise ValueError(
+                f"Prompt tuning is already enabled on `{backbone.name}`. Use "
+                "`tf_softprompt.hub.get_prompt_tuning(model)` to get its handle."
+            )
+        # A Task built around an enabled backbone: add its generate/score.
+        _attach_task(existing, task)
+        return existing
     offset = _default_offset(backbone) if offset is None else _check_offset(offset)
 
     for layer in backbone._flatten_layers(include_self=False):
@@ -716,22 +725,29 @@ def enable_prompt_tuning(
         handle._patch(
             backbone.embeddings_add, "embeddings_add.call", "call", handle._sum_call
         )
+    _reset_compiled_functions(backbone)
     if task is not None:
-        object.__setattr__(task, _ATTRIBUTE, handle)
-        if isinstance(task, keras_hub.models.CausalLM):
-            handle._patch(task, "generate_step", "generate_step", handle._generate_step)
-            if hasattr(task, "score"):
-                handle._patch(task, "score", "score", handle._score)
-    for target in (backbone, task):
-        for name in (
-            "train_function",
-            "test_function",
-            "predict_function",
-            "generate_function",
-        ):
-            if target is not None and getattr(target, name, None) is not None:
-                setattr(target, name, None)
+        _attach_task(handle, task)
     return handle
+
+
+def _attach_task(handle, task):
+    object.__setattr__(task, _ATTRIBUTE, handle)
+    handle.model = task
+    if isinstance(task, keras_hub.models.CausalLM):
+        handle._patch(task, "generate_step", "generate_step", handle._generate_step)
+        if hasattr(task, "score"):
+            handle._patch(task, "score", "score", handle._score)
+    _reset_compiled_functions(task)
+
+
+def _reset_compiled_functions(model):
+    # Functions traced before enabling would bypass the prompt.
+    for name in ("train_function", "test_function", "predict_function"):
+        if getattr(model, name, None) is not None:
+            setattr(model, name, None)
+    if getattr(model, "generate_function", None) is not None:
+        model.generate_function = None
 
 
 def get_prompt_tuning(model):
