@@ -161,6 +161,25 @@ def test_fifty_adamw_steps_leave_the_vocabulary_bit_identical():
     assert all(tuple(v.shape) != (V, H) for v in optimizer.variables())
 
 
+def test_one_adam_step_moves_each_used_prompt_weight_by_the_learning_rate():
+    """Adam's first step is `lr * g / (|g| + eps)`, about `lr` for any weight
+    with a gradient. A gradient of repeated `IndexedSlices` (one per use of a
+    virtual id) breaks this in Keras 3; the prompt's dense gradient keeps it."""
+    layer = keras2.PromptEmbedding.from_matrix(W, P)
+    model = _classifier(layer)
+    ids = np.array([[V, V, 3, V + 2], [V + 2, 5, V, 0]], "int32")
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(model(ids) ** 2)
+    grads = tape.gradient(loss, model.trainable_variables)
+    before = layer.prompt.numpy().copy()
+    tf_keras.optimizers.Adam(learning_rate=0.1).apply_gradients(
+        zip(grads, model.trainable_variables)
+    )
+    step = np.abs(layer.prompt.numpy() - before)
+    np.testing.assert_allclose(step[[0, 2]], 0.1, rtol=1e-2)
+    np.testing.assert_array_equal(step[1], 0.0)
+
+
 def test_unfreezing_the_model_never_makes_the_vocabulary_trainable():
     """`trainable` is recursive in tf-keras (it sets `_trainable` on every
     nested layer, the wrapped embedding included); the prompt layer's weight
