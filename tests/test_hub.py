@@ -444,6 +444,17 @@ def test_prepend_gpt2_matches_manual_insertion_after_position_sum():
     mask = padded > 0
     got_left = lm.backbone({"token_ids": padded, "padding_mask": mask}).numpy()
     np.testing.assert_allclose(got_left[:, 2:], want, atol=1e-4)
+    # A masked prompt slot acts like an absent one, also via call_extended.
+    prompt_ids = np.tile(V + np.arange(P, dtype="int32"), (2, 1))
+    prompt_mask = np.tile([True, True, False], (2, 1))
+    want_short = manual_prepend_gpt2(lm.backbone, ids, prompt[:2])
+    x = {"token_ids": ids, "padding_mask": np.ones_like(ids)}
+    extended, restore = handle.extend_inputs(x, prompt_ids, prompt_mask)
+    got_short = restore(handle.call_extended(extended)).numpy()
+    np.testing.assert_allclose(got_short, want_short, atol=1e-5)
+    logits = handle.call(x, prompt_ids=prompt_ids, prompt_mask=prompt_mask)
+    want_logits = lm.backbone.token_embedding(want_short, reverse=True)
+    np.testing.assert_allclose(logits, want_logits, atol=1e-4)
     # Cached greedy generation equals a greedy loop over the full forward.
     lm.compile(sampler="greedy")
     out = lm.generate(right_padded([ids[0]], 9), stop_token_ids=None)["token_ids"]
@@ -503,3 +514,32 @@ def test_per_example_prompts_for_multi_task_serving():
             stop_token_ids=None,
         )["token_ids"][0, len(hard) :]
         np.testing.assert_array_equal(generated[i], want)
+
+
+def test_offset_after_bos_with_left_padding_and_generation():
+    base = build_task("gpt2")
+    lm = build_task("gpt2")
+    handle = hub.enable_prompt_tuning(lm, P, offset=1)
+    handle.prompt.assign(tf.gather(handle.vocabulary, HARD))
+    bos = 1
+    rows = [np.array([bos, 5, 6, 7]), np.array([bos, 9])]
+    ids = np.zeros((2, 6), "int32")
+    mask = np.zeros((2, 6), bool)
+    for i, r in enumerate(rows):  # left padding
+        ids[i, 6 - len(r) :], mask[i, 6 - len(r) :] = r, True
+    got = lm({"token_ids": ids, "padding_mask": mask}).numpy()
+    for i, r in enumerate(rows):
+        hard = np.concatenate([r[:1], HARD, r[1:]])[None].astype("int32")
+        want = base({"token_ids": hard, "padding_mask": np.ones_like(hard)})[0]
+        want = np.concatenate([want[:1], want[1 + P :]])
+        np.testing.assert_allclose(got[i, 6 - len(r) :], want, atol=1e-4)
+    base.compile(sampler="greedy")
+    lm.compile(sampler="greedy")
+    out = lm.generate({"token_ids": ids, "padding_mask": mask}, stop_token_ids=None)
+    for i, r in enumerate(rows):
+        hard = np.concatenate([r[:1], HARD, r[1:]])
+        want = base.generate(right_padded([hard], 6 + P), stop_token_ids=None)
+        want = want["token_ids"][0]
+        np.testing.assert_array_equal(
+            out["token_ids"][i], np.concatenate([want[:1], want[1 + P :]])
+        )

@@ -450,7 +450,10 @@ class PromptTuning:
     def _layout_from_ids(self, extended_inputs):
         if self.method != "prepend":
             return None
-        is_prompt = extended_inputs["token_ids"] >= self.vocab_size
+        is_prompt = tf.logical_and(
+            tf.convert_to_tensor(extended_inputs["token_ids"]) >= self.vocab_size,
+            tf.cast(extended_inputs["padding_mask"], tf.bool),
+        )
         count = tf.reduce_sum(tf.cast(is_prompt, tf.int32), axis=1)
         start = tf.cast(tf.argmax(tf.cast(is_prompt, tf.int32), axis=1), tf.int32)
         return _Layout(start, count)
