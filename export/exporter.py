@@ -36,7 +36,10 @@ path = export_model(
 ```
 """
 
+import contextlib
 import dataclasses
+import inspect
+import io
 import json
 import os
 
@@ -138,13 +141,75 @@ def _prompt_table(layer, prompts, vocabulary, task, offset, tokenizer, specials)
         if offset is None:
             start = TextEncoder.resolve_specials(tokenizer, **specials)[0]
             offset = 0 if start is None else 1
-        vocab = vocabulary if vocabulary is not None else _vocabulary(layer)
+        vocab = vocabulary
+        if vocab is None and isinstance(layer, _EMBEDDING_LAYERS):
+            vocab = _vocabulary(layer)
         return PromptTable.from_arrays(
-            {task: np.asarray(layer.prompt)}, vocab, offset=offset
+            {task: np.asarray(layer.prompt)}, vocab, offset=offset, method=layer.method
         )
     vocab = vocabulary if vocabulary is not None else _vocabulary(layer)
     table = PromptTable.from_artifacts(prompts, vocab)
+    if table.method != layer.method:
+        raise ValueError(
+            f"The prompts were trained with method={table.method!r}, but the "
+            f"model's {type(layer).__name__} layer {layer.name} uses "
+            f"method={layer.method!r}. Export them with a model of their method."
+        )
     return table if offset is None else dataclasses.replace(table, offset=int(offset))
+
+
+def _hub_model(model, prompts):
+    """True for a keras-hub model that has, or is to get, prompt tuning."""
+    try:
+        import keras_hub
+    except ImportError:
+        return False
+    if not isinstance(model, (keras_hub.models.Backbone, keras_hub.models.Task)):
+        return False
+    from tf_softprompt import hub
+
+    return hub.get_prompt_tuning(model) is not None or prompts is not None
+
+
+def _prepare_hub(model, prompts, task, offset):
+    """`(model, runner, table)` for a keras-hub model (`tf_softprompt.hub`).
+
+    With artifacts, a model without prompt tuning gets it enabled with
+    `K * Pmax` prompt tokens, and the table is assigned to its prompt: this
+    modifies `model`.
+    """
+    from tf_softprompt import hub
+
+    handle = hub.get_prompt_tuning(model)
+    if prompts is None:
+        table = PromptTable.from_arrays(
+            {task: np.asarray(handle.prompt)},
+            np.asarray(handle.vocabulary),
+            offset=handle.offset,
+            method=handle.method,
+        )
+        return model, _hub_runner(handle, model), table
+    backbone = model if isinstance(model, hub.keras_hub.models.Backbone) else None
+    backbone = backbone or model.backbone
+    vocabulary = handle.vocabulary if handle else backbone.token_embedding.embeddings
+    table = PromptTable.from_artifacts(prompts, np.asarray(vocabulary))
+    if offset is not None:
+        table = dataclasses.replace(table, offset=int(offset))
+    if handle is None:
+        handle = hub.enable_prompt_tuning(
+            model, table.num_rows, offset=table.offset, method=table.method
+        )
+    shape = (handle.num_prompt_tokens, handle.offset, handle.method)
+    if shape != (table.num_rows, table.offset, table.method):
+        raise ValueError(
+            "The model's prompt tuning does not fit the prompts: it has "
+            f"(num_prompt_tokens, offset, method)={shape}, the table needs "
+            f"{(table.num_rows, table.offset, table.method)} ({len(table.tasks)} "
+            f"tasks x {table.max_length} rows). Export a model without prompt "
+            "tuning enabled and the exporter enables it to fit."
+        )
+    handle.prompt.assign(table.table)
+    return model, _hub_runner(handle, model), table
 
 
 def _vocabulary(layer):
@@ -160,7 +225,10 @@ def _model_inputs(model, token_ids, padding_mask):
     """Feed the model's named inputs; unknown extras (segment ids) get 0."""
     spec = model.input
     if not isinstance(spec, dict):
-        return [token_ids, padding_mask]
+        # Positional inputs: token ids, then (if taken) the padding mask.
+        if not isinstance(spec, (list, tuple)):
+            return token_ids
+        return [token_ids, tf.cast(padding_mask, spec[1].dtype)][: len(spec)]
     feeds = {}
     for name, tensor in spec.items():
         dtype = tf.as_dtype(tensor.dtype)
@@ -174,32 +242,30 @@ def _model_inputs(model, token_ids, padding_mask):
 
 
 class _ServingStages:
-    """The four named stages, closed over one model, table and encoder."""
+    """The named stages, closed over one runner, table and encoder.
 
-    def __init__(self, model, table, encoder, labels, method, activation):
-        self.model = model
+    `runner(token_ids, padding_mask, prompt_ids, prompt_mask)` is the model
+    stage; `prompt_ids`/`prompt_mask` are `[B, Pmax]` (`None` without a
+    prompt table).
+    """
+
+    def __init__(self, runner, table, encoder, labels, activation):
+        self.runner = runner
         self.table = table
         self.encoder = encoder
         self.labels = tf.constant(labels)
-        self.method = method
         self.activation = activation
 
     def encode(self, text):
         return self.encoder(text)
 
-    def select_prompts(self, token_ids, padding_mask, task_index):
-        if self.table is None or self.method != "embedding":
-            return token_ids, padding_mask
-        prompt_ids, prompt_mask = self.table.prompt_ids(task_index)
-        return insert_prompt_ids(
-            token_ids, padding_mask, prompt_ids, prompt_mask, self.table.offset
-        )
-
-    def forward(self, token_ids, padding_mask):
-        inputs = _model_inputs(self.model, token_ids, padding_mask)
-        return tf.cast(self.model(inputs, training=False), tf.float32)
+    def select_prompts(self, task_index):
+        if self.table is None:
+            return None, None
+        return self.table.prompt_ids(task_index)
 
     def postprocess(self, outputs):
+        outputs = tf.cast(outputs, tf.float32)
         probabilities = tf.nn.softmax(outputs) if self.activation else outputs
         label_ids = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
         return {
@@ -209,10 +275,35 @@ class _ServingStages:
         }
 
     def predict(self, token_ids, padding_mask, task_index):
-        token_ids, padding_mask = self.select_prompts(
-            token_ids, tf.cast(padding_mask, tf.bool), task_index
+        prompt_ids, prompt_mask = self.select_prompts(task_index)
+        outputs = self.runner(
+            token_ids, tf.cast(padding_mask, tf.bool), prompt_ids, prompt_mask
         )
-        return self.postprocess(self.forward(token_ids, padding_mask))
+        return self.postprocess(outputs)
+
+
+def _layer_runner(model, table, layer):
+    """Runner for a model built with the core layers (or without prompts)."""
+    embeds_ids = table is not None and isinstance(layer, _EMBEDDING_LAYERS)
+
+    def run(token_ids, padding_mask, prompt_ids, prompt_mask):
+        if embeds_ids:
+            token_ids, padding_mask = insert_prompt_ids(
+                token_ids, padding_mask, prompt_ids, prompt_mask, table.offset
+            )
+        return model(_model_inputs(model, token_ids, padding_mask), training=False)
+
+    return run
+
+
+def _hub_runner(handle, model):
+    """Runner for a keras-hub model with prompt tuning enabled."""
+
+    def run(token_ids, padding_mask, prompt_ids, prompt_mask):
+        inputs = _model_inputs(model, token_ids, padding_mask)
+        return handle.call(inputs, prompt_ids, prompt_mask, training=False)
+
+    return run
 
 
 def _endpoints(stages, text_length, multi_task):
@@ -351,16 +442,22 @@ def export_model(
     base_dir = os.fspath(base_dir)
     target = layout.version_dir(base_dir, version)
     layout.check_new_version(base_dir, version)
-    layer = find_prompt_layer(model)
-    method = getattr(layer, "method", None)
     specials = {"start_id": start_id, "end_id": end_id, "pad_id": pad_id}
-    table = _prompt_table(layer, prompts, vocabulary, task, offset, tokenizer, specials)
-    serving_model = model if table is None else _table_model(model, layer, table)
+    if _hub_model(model, prompts):
+        serving_model, runner, table = _prepare_hub(model, prompts, task, offset)
+    else:
+        layer = find_prompt_layer(model)
+        table = _prompt_table(
+            layer, prompts, vocabulary, task, offset, tokenizer, specials
+        )
+        serving_model = model if table is None else _table_model(model, layer, table)
+        runner = _layer_runner(serving_model, table, layer)
+    method = None if table is None else table.method
     pmax = 0 if table is None else table.max_length
     encoder = TextEncoder(tokenizer, sequence_length - pmax, **specials)
     labels = _labels(serving_model, labels, encoder)
     multi_task = table is not None and len(table.tasks) > 1
-    stages = _ServingStages(serving_model, table, encoder, labels, method, activation)
+    stages = _ServingStages(runner, table, encoder, labels, activation)
     endpoints = _endpoints(stages, encoder.length, multi_task)
 
     # Encoding the warmup texts eagerly also builds a keras-hub tokenizer,
@@ -387,10 +484,11 @@ def export_model(
 
 
 def _write_archive(archive, path, options):
-    try:
+    if "verbose" in inspect.signature(archive.write_out).parameters:
         archive.write_out(path, options=options, verbose=False)
-    except TypeError:  # tf-keras's write_out has no `verbose`.
-        archive.write_out(path, options=options)
+    else:  # tf-keras's write_out prints the endpoints unconditionally.
+        with contextlib.redirect_stdout(io.StringIO()):
+            archive.write_out(path, options=options)
 
 
 def _labels(model, labels, encoder):

@@ -40,6 +40,7 @@ class PromptTable:
         vocab_size: int, V; the table's row `r` is virtual id `V + r`.
         offset: int, where the prompt sits in the sequence (shared by all).
         vocab_fingerprint: str, the base's fingerprint.
+        method: `"embedding"` or `"prepend"`, how the prompts were trained.
     """
 
     tasks: tuple
@@ -48,6 +49,7 @@ class PromptTable:
     vocab_size: int
     offset: int
     vocab_fingerprint: str
+    method: str = "embedding"
 
     @property
     def max_length(self):
@@ -60,19 +62,26 @@ class PromptTable:
         return len(self.tasks) * self.max_length
 
     @classmethod
-    def from_arrays(cls, prompts, vocabulary, offset=0):
+    def from_arrays(cls, prompts, vocabulary, offset=0, method="embedding"):
         """Build from `{task: [P_k, H] array}` trained on `vocabulary`.
 
         Args:
             prompts: dict (or list of pairs) of task name to `[P_k, H]` array.
-            vocabulary: `[V, H]` frozen embedding matrix of the base.
+            vocabulary: `[V, H]` frozen embedding matrix of the base, or
+                `None` for prompts not addressed by virtual ids (a
+                `PromptPrepend` model's own prompt; no fingerprint).
             offset: int, the prompt's position in the sequence.
+            method: `"embedding"` or `"prepend"`.
         """
         items = list(dict(prompts).items())
         if not items:
             raise ValueError("Pass at least one prompt. Received: prompts={}.")
-        vocab = np.asarray(vocabulary, dtype=np.float32)
-        hidden = vocab.shape[1]
+        if vocabulary is None:  # a PromptPrepend model's own prompt: no ids
+            vocab = None
+            hidden = int(np.shape(items[0][1])[1])
+        else:
+            vocab = np.asarray(vocabulary, dtype=np.float32)
+            hidden = vocab.shape[1]
         pmax = max(int(np.shape(values)[0]) for _, values in items)
         table = np.zeros((len(items) * pmax, hidden), np.float32)
         for k, (task, values) in enumerate(items):
@@ -88,9 +97,12 @@ class PromptTable:
             tasks=tuple(str(task) for task, _ in items),
             lengths=tuple(int(np.shape(values)[0]) for _, values in items),
             table=table,
-            vocab_size=int(vocab.shape[0]),
+            vocab_size=0 if vocab is None else int(vocab.shape[0]),
             offset=int(offset),
-            vocab_fingerprint=artifact.vocab_fingerprint(vocab),
+            vocab_fingerprint=None
+            if vocab is None
+            else artifact.vocab_fingerprint(vocab),
+            method=method,
         )
 
     @classmethod
@@ -112,7 +124,7 @@ class PromptTable:
             named = list(paths.items())
         else:
             named = [(None, path) for path in paths]
-        prompts, offsets = {}, {}
+        prompts, offsets, methods = {}, {}, {}
         for task, path in named:
             values, metadata = artifact.load_prompt(path, vocabulary)
             task = metadata.get("task", "default") if task is None else task
@@ -124,12 +136,19 @@ class PromptTable:
                 )
             prompts[task] = values
             offsets[task] = int(metadata.get("offset", 0))
-        if len(set(offsets.values())) > 1:
-            raise ValueError(
-                "All prompts in one export must sit at the same offset. "
-                f"Received offsets per task: {offsets}. Re-train with one offset."
-            )
-        return cls.from_arrays(prompts, vocabulary, offset=next(iter(offsets.values())))
+            methods[task] = metadata.get("method", "embedding")
+        for what, values in (("offset", offsets), ("method", methods)):
+            if len(set(values.values())) > 1:
+                raise ValueError(
+                    f"All prompts in one export must share one {what}. Received "
+                    f"per task: {values}. Re-train them with one {what}."
+                )
+        return cls.from_arrays(
+            prompts,
+            vocabulary,
+            offset=next(iter(offsets.values())),
+            method=next(iter(methods.values())),
+        )
 
     def task_index(self, task):
         """Map task names `[B]` (string) to table indices `[B]` (int32).

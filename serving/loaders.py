@@ -57,7 +57,8 @@ def signature_defs(export_dir):
 
 
 def function_aliases(export_dir):
-    """The `serve` MetaGraph's function aliases `{alias: function_name}`."""
+    """The `serve` MetaGraph's function aliases `{function_name: alias}`
+    (the proto's layout; one alias may name several traced functions)."""
     from tensorflow.core.protobuf import saved_model_pb2
 
     proto = saved_model_pb2.SavedModel()
