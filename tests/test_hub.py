@@ -543,3 +543,44 @@ def test_offset_after_bos_with_left_padding_and_generation():
         np.testing.assert_array_equal(
             out["token_ids"][i], np.concatenate([want[:1], want[1 + P :]])
         )
+
+
+def test_string_generate_through_the_preprocessor():
+    vocabulary = {"<|endoftext|>": 0}
+    for ch in "abcdefghijklmnopqrstuvwxyz":
+        vocabulary[ch] = len(vocabulary)
+        vocabulary["Ġ" + ch] = len(vocabulary)
+    vocabulary["Ġ"] = len(vocabulary)
+    tokenizer = keras_hub.models.GPT2Tokenizer(vocabulary=vocabulary, merges=["Ġ a"])
+    preprocessor = keras_hub.models.GPT2CausalLMPreprocessor(
+        tokenizer=tokenizer, sequence_length=10
+    )
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=len(vocabulary),
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=H,
+        intermediate_dim=32,
+        max_sequence_length=32,
+    )
+    base = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+    base.compile(sampler="greedy")
+    hard = np.array([5, 7, 9])
+    x = preprocessor.generate_preprocess(["a b c"], sequence_length=10)
+    ids = x["token_ids"].numpy()[0]
+    n = int(x["padding_mask"].numpy().sum())
+    want = base.generate(
+        right_padded([np.concatenate([hard, ids[:n]])], 10 + P), stop_token_ids=None
+    )["token_ids"][0, P:]
+
+    lm = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=preprocessor)
+    handle = hub.enable_prompt_tuning(lm, P)
+    handle.prompt.assign(tf.gather(handle.vocabulary, hard))
+    lm.compile(sampler="greedy")
+    got = lm.generate(["a b c"], max_length=10, stop_token_ids=None)
+    expected = preprocessor.generate_postprocess(
+        {"token_ids": want[None], "padding_mask": np.ones((1, 10), bool)}
+    )
+    assert list(got) == list(expected)
+    assert got[0].startswith("a b c") and len(got[0]) > len("a b c")
