@@ -43,6 +43,7 @@ import io
 import json
 import os
 
+import keras
 import numpy as np
 import tensorflow as tf
 from tf_softprompt.export import layout
@@ -171,7 +172,7 @@ def _hub_model(model, prompts):
     return hub.get_prompt_tuning(model) is not None or prompts is not None
 
 
-def _prepare_hub(model, prompts, task, offset):
+def _prepare_hub(model, prompts, task, offset, heads=None):
     """`(model, runner, table)` for a keras-hub model (`tf_softprompt.hub`).
 
     With artifacts, a model without prompt tuning gets it enabled with
@@ -195,6 +196,8 @@ def _prepare_hub(model, prompts, task, offset):
     table = PromptTable.from_artifacts(prompts, np.asarray(vocabulary))
     if offset is not None:
         table = dataclasses.replace(table, offset=int(offset))
+    if heads is not None:
+        return _prepare_hub_heads(model, backbone, handle, table, heads)
     if handle is None:
         handle = hub.enable_prompt_tuning(
             model, table.num_rows, offset=table.offset, method=table.method
@@ -210,6 +213,44 @@ def _prepare_hub(model, prompts, task, offset):
         )
     handle.prompt.assign(table.table)
     return model, _hub_runner(handle, model), table
+
+
+def _prepare_hub_heads(model, backbone, handle, table, heads):
+    """Per-task heads: prompt tuning goes on the backbone, heads are stacked."""
+    from tf_softprompt import hub
+
+    if handle is not None or not hasattr(model, "output_dense"):
+        raise ValueError(
+            "`heads` needs a keras-hub TextClassifier (with `output_dense`) "
+            "without prompt tuning enabled. Received: "
+            f"{type(model).__name__}, prompt tuning "
+            f"{'enabled' if handle else 'not enabled'}."
+        )
+    if set(heads) != set(table.tasks):
+        raise ValueError(
+            f"`heads` must name the same tasks as the prompts. Received heads "
+            f"for {sorted(heads)}, prompts for {sorted(table.tasks)}."
+        )
+    activation = getattr(model.output_dense, "activation", None)
+    if activation not in (None, keras.activations.linear):
+        raise ValueError(
+            "Per-task heads are applied as linear layers; the model's "
+            f"`output_dense` has activation {activation}."
+        )
+    kernels = np.stack([np.asarray(heads[t][0], np.float32) for t in table.tasks])
+    biases = np.stack([np.asarray(heads[t][1], np.float32) for t in table.tasks])
+    expected = tuple(model.output_dense.kernel.shape)
+    if kernels.shape[1:] != expected or biases.shape[1:] != expected[-1:]:
+        raise ValueError(
+            f"Every head must be kernel {list(expected)} and bias "
+            f"[{expected[-1]}]. Received stacked shapes {list(kernels.shape)} "
+            f"and {list(biases.shape)}."
+        )
+    handle = hub.enable_prompt_tuning(
+        backbone, table.num_rows, offset=table.offset, method=table.method
+    )
+    handle.prompt.assign(table.table)
+    return model, _hub_heads_runner(handle, backbone, kernels, biases), table
 
 
 def _vocabulary(layer):
@@ -244,9 +285,9 @@ def _model_inputs(model, token_ids, padding_mask):
 class _ServingStages:
     """The named stages, closed over one runner, table and encoder.
 
-    `runner(token_ids, padding_mask, prompt_ids, prompt_mask)` is the model
-    stage; `prompt_ids`/`prompt_mask` are `[B, Pmax]` (`None` without a
-    prompt table).
+    `runner(token_ids, padding_mask, prompt_ids, prompt_mask, task_index)`
+    is the model stage; `prompt_ids`/`prompt_mask` are `[B, Pmax]` (`None`
+    without a prompt table) and `task_index` is `[B]`.
     """
 
     def __init__(self, runner, table, encoder, labels, activation):
@@ -276,8 +317,9 @@ class _ServingStages:
 
     def predict(self, token_ids, padding_mask, task_index):
         prompt_ids, prompt_mask = self.select_prompts(task_index)
+        padding_mask = tf.cast(padding_mask, tf.bool)
         outputs = self.runner(
-            token_ids, tf.cast(padding_mask, tf.bool), prompt_ids, prompt_mask
+            token_ids, padding_mask, prompt_ids, prompt_mask, task_index
         )
         return self.postprocess(outputs)
 
@@ -286,7 +328,7 @@ def _layer_runner(model, table, layer):
     """Runner for a model built with the core layers (or without prompts)."""
     embeds_ids = table is not None and isinstance(layer, _EMBEDDING_LAYERS)
 
-    def run(token_ids, padding_mask, prompt_ids, prompt_mask):
+    def run(token_ids, padding_mask, prompt_ids, prompt_mask, task_index):
         if embeds_ids:
             token_ids, padding_mask = insert_prompt_ids(
                 token_ids, padding_mask, prompt_ids, prompt_mask, table.offset
@@ -299,9 +341,28 @@ def _layer_runner(model, table, layer):
 def _hub_runner(handle, model):
     """Runner for a keras-hub model with prompt tuning enabled."""
 
-    def run(token_ids, padding_mask, prompt_ids, prompt_mask):
+    def run(token_ids, padding_mask, prompt_ids, prompt_mask, task_index):
         inputs = _model_inputs(model, token_ids, padding_mask)
         return handle.call(inputs, prompt_ids, prompt_mask, training=False)
+
+    return run
+
+
+def _hub_heads_runner(handle, backbone, kernels, biases):
+    """Runner for a keras-hub backbone with one classifier head per task.
+
+    The prompted backbone runs once for the mixed batch; each example's
+    `pooled_output` then goes through its own task's dense head.
+    """
+    kernels = tf.constant(kernels, tf.float32)  # [K, H, C]
+    biases = tf.constant(biases, tf.float32)  # [K, C]
+
+    def run(token_ids, padding_mask, prompt_ids, prompt_mask, task_index):
+        inputs = _model_inputs(backbone, token_ids, padding_mask)
+        outputs = handle.call(inputs, prompt_ids, prompt_mask, training=False)
+        pooled = tf.cast(outputs["pooled_output"], tf.float32)
+        kernel = tf.gather(kernels, task_index)
+        return tf.einsum("bh,bhc->bc", pooled, kernel) + tf.gather(biases, task_index)
 
     return run
 
@@ -400,6 +461,7 @@ def export_model(
     start_id=None,
     end_id=None,
     pad_id=None,
+    heads=None,
 ):
     """Export a classifier with its trained prompt(s) to `BASE/<version>`.
 
@@ -430,6 +492,9 @@ def export_model(
         model_name: the name in warmup requests (default: the base dir name).
         warmup_texts: texts for the warmup requests.
         start_id, end_id, pad_id: special ids; see `TextEncoder`.
+        heads: for a keras-hub `TextClassifier` exported from several runs,
+            `{task: (kernel [H, C], bias [C])}`: each example is classified
+            by its own task's head (the prompted backbone runs once).
 
     Returns:
         The path of the new version directory.
@@ -444,7 +509,7 @@ def export_model(
     layout.check_new_version(base_dir, version)
     specials = {"start_id": start_id, "end_id": end_id, "pad_id": pad_id}
     if _hub_model(model, prompts):
-        serving_model, runner, table = _prepare_hub(model, prompts, task, offset)
+        serving_model, runner, table = _prepare_hub(model, prompts, task, offset, heads)
     else:
         layer = find_prompt_layer(model)
         table = _prompt_table(

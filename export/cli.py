@@ -1,0 +1,161 @@
+"""`tf-softprompt export`: trained run directories to a TF Serving model.
+
+Each RUN_DIR is a finished `tf-softprompt train --out RUN_DIR`: its
+`run.json` names the base model, labels, sequence length, prompt length and
+offset; `prompt.npz` is the prompt and `head.weights.npz` the classifier
+head. The keras-hub `TextClassifier` is rebuilt from the base preset.
+
+- One run: the tuned model (base + prompt + head) is exported as is.
+- Several runs on the same base and labels: one SavedModel serves them all;
+  the `task` input picks each example's prompt (a padded table) and, when
+  the runs' heads differ, its head. Task names are the runs' task names
+  (`--task` renames them, in order).
+
+Text positions equal the run's `sequence_length`, so serving truncates
+texts exactly as training did; the prompt is added on top.
+
+Example:
+```
+tf-softprompt train --out run
+tf-softprompt export run --out models/demo --version 1
+tf-softprompt export run_sst run_news --out models/multi --version 1
+```
+"""
+
+import json
+import os
+
+import numpy as np
+
+
+def add_export_parser(subparsers):
+    """Register `export` on the `tf-softprompt` subparsers."""
+    parser = subparsers.add_parser(
+        "export",
+        help="export trained runs as a TF Serving SavedModel",
+        description=(
+            "Bake the prompts (and heads) of one or more `train` runs into a "
+            "SavedModel at OUT/VERSION for TF Serving. Never overwrites a "
+            "version."
+        ),
+    )
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    parser.add_argument("--out", required=True, help="model base path")
+    parser.add_argument("--version", type=int, required=True)
+    parser.add_argument(
+        "--task",
+        action="append",
+        default=None,
+        help="task name per RUN_DIR, in order (default: each run's task)",
+    )
+    parser.add_argument(
+        "--model-name",
+        default=None,
+        help="name served under, used in warmup requests (default: OUT's name)",
+    )
+    parser.set_defaults(func=run_export)
+
+
+def _read_run(run_dir):
+    from tf_softprompt.training import classifier
+
+    return classifier.read_json(
+        os.path.join(run_dir, classifier.RUN_FILE), "run record (run.json)"
+    )
+
+
+def _check_same_base(runs, dirs):
+    first = runs[0]
+    for run, run_dir in zip(runs[1:], dirs[1:]):
+        for key in ("labels", "sequence_length", "offset", "method"):
+            if run.get(key) != first.get(key):
+                raise ValueError(
+                    f"{run_dir} has {key}={run.get(key)!r} but {dirs[0]} has "
+                    f"{first.get(key)!r}. Runs exported together must share "
+                    "labels, sequence length, offset and method; their prompts "
+                    "must come from one base (vocabulary fingerprints are checked)."
+                )
+
+
+def _task_names(dirs, explicit):
+    from tf_softprompt import artifact
+
+    if explicit:
+        if len(explicit) != len(dirs):
+            raise ValueError(
+                f"Pass one --task per RUN_DIR. Received {len(explicit)} names "
+                f"for {len(dirs)} runs."
+            )
+        return list(explicit)
+    names = [
+        artifact.read_metadata(os.path.join(d, "prompt.npz"))["task"] for d in dirs
+    ]
+    if len(set(names)) < len(names):
+        names = [os.path.basename(os.path.normpath(d)) for d in dirs]
+    return names
+
+
+def _head_arrays(model, run_dir, run):
+    """`(kernel, bias)` of the run's `output_dense`, from head.weights.npz."""
+    path = os.path.join(run_dir, run["head"])
+    with np.load(path, allow_pickle=False) as saved:
+        arrays = {key: saved[key] for key in saved.files}
+    dense = model.output_dense
+    try:
+        return arrays[dense.kernel.path], arrays[dense.bias.path]
+    except KeyError as e:
+        raise ValueError(
+            f"{path} has no {e.args[0]!r}; saved: {sorted(arrays)}. It was "
+            "written for another model."
+        ) from None
+
+
+def export_runs(run_dirs, out, version, tasks=None, model_name=None):
+    """Export trained run directories; returns the version directory."""
+    from tf_softprompt.export import export_model
+
+    from tf_softprompt.training import classifier
+
+    dirs = [os.path.abspath(d) for d in run_dirs]
+    runs = [_read_run(d) for d in dirs]
+    _check_same_base(runs, dirs)
+    run = runs[0]
+    sequence_length = int(run["sequence_length"])
+    if len(dirs) == 1:
+        trained = classifier.load_trained(dirs[0])
+        return export_model(
+            trained.model,
+            out,
+            version,
+            tokenizer=trained.preprocessor.tokenizer,
+            sequence_length=sequence_length + int(run["prompt_length"]),
+            labels=run["labels"],
+            task=(tasks or _task_names(dirs, None))[0],
+            model_name=model_name,
+        )
+    names = _task_names(dirs, tasks)
+    preprocessor = classifier.load_preprocessor(run["model_path"], sequence_length)
+    model = classifier.load_classifier(run["model_path"], run["num_classes"])
+    heads = {name: _head_arrays(model, d, r) for name, d, r in zip(names, dirs, runs)}
+    prompts = {name: os.path.join(d, "prompt.npz") for name, d in zip(names, dirs)}
+    longest = max(int(r["prompt_length"]) for r in runs)
+    return export_model(
+        model,
+        out,
+        version,
+        tokenizer=preprocessor.tokenizer,
+        sequence_length=sequence_length + longest,
+        labels=run["labels"],
+        prompts=prompts,
+        offset=int(run["offset"]),
+        heads=heads,
+        model_name=model_name,
+    )
+
+
+def run_export(args):
+    path = export_runs(args.runs, args.out, args.version, args.task, args.model_name)
+    with open(os.path.join(path, "assets.extra", "tf_softprompt.json")) as f:
+        info = json.load(f)
+    print(json.dumps({"exported": path, **info}, sort_keys=True))
+    return 0
