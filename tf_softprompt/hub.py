@@ -142,9 +142,6 @@ class PromptTable(PromptWeightsMixin, keras.layers.Layer):
         self._add_prompt_weight(self.hidden_dim)
         self.built = True
 
-    def call(self, inputs):
-        return inputs
-
     def load_own_variables(self, store):
         # A base model's weights file has no entry for the prompt; keep it.
         if store is None or len(store.keys()) == 0:
@@ -188,6 +185,7 @@ class _Extension:
         self.width = width
         self.length = length
         self.is_prompt = is_prompt
+        self.layout = None  # a `_Layout` for method="prepend"
 
     def restore(self, x):
         """`[B, W + T, ...]` outputs of an extended run -> `[B, T, ...]`.
@@ -224,6 +222,22 @@ class PromptTuning:
         method: `"embedding"` or `"prepend"`.
         vocab_size: int, V; virtual ids are `[V, V + P)`.
         hidden_dim: int, H.
+
+    Multi-task serving: the table can hold K tasks' prompts of up to Pmax
+    rows each (P = K * Pmax), and each example picks its own rows through
+    `prompt_ids`/`prompt_mask` (`call`, `generate_step`, `extend_inputs`).
+    Masked slots behave exactly like absent ones.
+
+    Example:
+    ```python
+    handle = hub.enable_prompt_tuning(lm, num_tasks * pmax)
+    handle.prompt.assign(table)  # rows k*pmax .. k*pmax+p_k-1: task k
+    slots = tf.range(pmax)[None]
+    prompt_ids = V + task[:, None] * pmax + slots  # [B, pmax]
+    prompt_mask = slots < tf.gather(lengths, task)[:, None]
+    logits = handle.call(inputs, prompt_ids=prompt_ids, prompt_mask=prompt_mask)
+    out = handle.generate_step(inputs, prompt_ids=prompt_ids, prompt_mask=prompt_mask)
+    ```
     """
 
     def __init__(self, model, backbone, num_prompt_tokens, offset, method, init):
@@ -443,8 +457,6 @@ class PromptTuning:
             start = tf.minimum(self.offset, valid)
             count = tf.reduce_sum(tf.cast(prompt_mask, tf.int32), axis=1)
             extension.layout = _Layout(start, count)
-        else:
-            extension.layout = None
         return extended, extension
 
     def _layout_from_ids(self, extended_inputs):
