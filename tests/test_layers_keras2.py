@@ -284,6 +284,18 @@ def test_only_p_times_h_parameters_are_trainable():
     assert f"Non-trainable params: {V * H} " in summary
 
 
+def test_prepend_on_a_frozen_model_trains_only_p_times_h():
+    embedding = _frozen_embedding()
+    embedding.trainable = False
+    dense = tf_keras.layers.Dense(2, trainable=False)
+    ids = tf_keras.Input((None,), dtype="int32")
+    x = keras2.PromptPrepend(P)(embedding(ids))
+    pooled = tf_keras.layers.GlobalAveragePooling1D()(x)
+    model = tf_keras.Model(ids, dense(pooled))
+    assert sum(np.prod(v.shape) for v in model.trainable_weights) == P * H
+    assert model.count_params() == V * H + P * H + H * 2 + 2
+
+
 # Serialization -------------------------------------------------------------
 
 

@@ -381,6 +381,13 @@ def test_keras_file_round_trip_keeps_prompt_and_outputs(tmp_path):
 
 @pytest.mark.parametrize("bad_id", [-1, V + P])
 def test_out_of_range_ids_raise_naming_the_range(bad_id):
+    """`tf.gather` raises for a bad index on CPU but returns zeros on GPU, so
+    `check_token_ids` asserts the range explicitly; the assertion runs on any
+    device, eagerly and inside `tf.function` (`predict`). It cannot run under
+    `jit_compile=True` (XLA drops assertions): there `prompt_lookup` yields
+    NaN rows instead, and `validate_token_ids` in the `tf.data` pipeline
+    raises (tests/test_ops.py, tests/test_training_core.py). Only the CPU
+    path was run here; no GPU is available."""
     layer = tf_softprompt.PromptEmbedding.from_matrix(W, P)
     with pytest.raises(tf.errors.InvalidArgumentError, match=rf"\[0, {V + P}\)"):
         layer(np.array([[1, bad_id]], "int32"))
