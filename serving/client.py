@@ -184,9 +184,13 @@ def run_query(args):
     kwargs = {"version": args.version, "timeout": args.timeout}
     try:
         if args.grpc:
-            outputs = predict_grpc(args.grpc, args.model, args.texts, args.task, **kwargs)
+            outputs = predict_grpc(
+                args.grpc, args.model, args.texts, args.task, **kwargs
+            )
         else:
-            outputs = predict_rest(args.rest, args.model, args.texts, args.task, **kwargs)
+            outputs = predict_rest(
+                args.rest, args.model, args.texts, args.task, **kwargs
+            )
     except ServingError as e:
         print(f"tf-softprompt query: {e}", file=sys.stderr)
         return 1
