@@ -24,6 +24,7 @@ tf-softprompt export run_sst run_news --out models/multi --version 1
 
 import json
 import os
+import sys
 
 import numpy as np
 
@@ -154,7 +155,13 @@ def export_runs(run_dirs, out, version, tasks=None, model_name=None):
 
 
 def run_export(args):
-    path = export_runs(args.runs, args.out, args.version, args.task, args.model_name)
+    try:
+        path = export_runs(
+            args.runs, args.out, args.version, args.task, args.model_name
+        )
+    except FileExistsError as e:
+        print(f"tf-softprompt export: error: {e}", file=sys.stderr)
+        return 2
     with open(os.path.join(path, "assets.extra", "tf_softprompt.json")) as f:
         info = json.load(f)
     print(json.dumps({"exported": path, **info}, sort_keys=True))
