@@ -77,6 +77,18 @@ def test_validate_token_ids_catches_bad_ids_before_an_xla_step():
         next(it)
 
 
+@pytest.mark.parametrize("dtype", [tf.uint8, tf.int16, tf.uint32])
+def test_narrow_integer_ids_are_checked_and_looked_up(dtype):
+    ids = ops.check_token_ids(tf.constant([[7, 2]], dtype), V, P)
+    assert ids.dtype == tf.int64
+    out = ops.prompt_lookup(tf.constant([[7, 2]], dtype), VOCAB, PROMPT)
+    np.testing.assert_array_equal(out.numpy()[0], [PROMPT[1], VOCAB[2]])
+    # uint8 cannot hold a limit such as 300; the check must not wrap around.
+    ops.check_token_ids(tf.constant([[255]], tf.uint8), 300, P)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"\[0, 2\)"):
+        ops.check_token_ids(tf.constant([[255]], tf.uint8), 1, 1)
+
+
 def test_tied_logits_use_only_the_real_rows():
     hidden = np.array([[[1.0, 0.5]]], np.float32)
     logits = ops.tied_logits(tf.constant(hidden), VOCAB).numpy()
@@ -132,9 +144,18 @@ def test_prepend_prompt_accepts_per_example_prompts():
     np.testing.assert_array_equal(out[:, :2], per_example)
 
 
-def test_insert_along_sequence_rejects_offset_past_the_end():
+def test_offset_past_the_end_is_refused_statically_and_at_run_time():
     with pytest.raises(ValueError, match="offset=3, sequence_length=2"):
         ops.insert_along_sequence(tf.zeros((1, 2, 2)), PROMPT, 3)
+    with pytest.raises(ValueError, match="offset=3, sequence_length=2"):
+        ops.extend_sequence(tf.zeros((1, 2)), P, offset=3)
+    dynamic = tf.function(
+        lambda x: ops.extend_mask(x, P, offset=2),
+        input_signature=[tf.TensorSpec((None, None), tf.bool)],
+    )
+    assert dynamic(tf.constant([[True, True]])).numpy().tolist() == [[True] * 4]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="offset=2"):
+        dynamic(tf.constant([[True]]))
 
 
 def test_pack_permutation_moves_valid_positions_first_stably():

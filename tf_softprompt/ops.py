@@ -14,6 +14,15 @@ Shapes follow `[B, T]` for token ids, `[V, H]` for the vocabulary matrix and
 import tensorflow as tf
 
 
+def _index_dtype(token_ids):
+    # Gathers and shapes take int32/int64 only. Every narrower or unsigned
+    # integer fits int64 (a huge uint64 wraps negative, which the range check
+    # rejects), so the comparisons never overflow.
+    if token_ids.dtype in (tf.int32, tf.int64):
+        return token_ids
+    return tf.cast(token_ids, tf.int64)
+
+
 def check_token_ids(token_ids, vocab_size, num_prompt_tokens, name="token_ids"):
     """Check that `token_ids` are integers of rank 2 within `[0, V + P)`.
 
@@ -35,7 +44,8 @@ def check_token_ids(token_ids, vocab_size, num_prompt_tokens, name="token_ids"):
         name: str, the name used in error messages.
 
     Returns:
-        `token_ids`, with a control dependency on the range assertion.
+        `token_ids`, with a control dependency on the range assertion; int32
+        and int64 ids keep their dtype, other integer dtypes become int64.
     """
     token_ids = tf.convert_to_tensor(token_ids)
     if not token_ids.dtype.is_integer:
@@ -50,6 +60,7 @@ def check_token_ids(token_ids, vocab_size, num_prompt_tokens, name="token_ids"):
             f"Received: shape={token_ids.shape}. Add a batch axis with "
             f"`{name}[None, :]` for a single sequence."
         )
+    token_ids = _index_dtype(token_ids)
     limit = vocab_size + num_prompt_tokens
     message = (
         f"`{name}` must lie in [0, {limit}): {vocab_size} vocabulary ids plus "
@@ -113,6 +124,7 @@ def prompt_lookup(token_ids, vocabulary, prompt):
     >>> prompt_lookup(tf.constant([[3, 1]]), vocab, prompt).numpy().tolist()
     [[[10.0, 11.0], [2.0, 3.0]]]
     """
+    token_ids = _index_dtype(tf.convert_to_tensor(token_ids))
     vocab_size = tf.shape(vocabulary, out_type=token_ids.dtype)[0]
     limit = vocab_size + tf.shape(prompt, out_type=token_ids.dtype)[0]
     is_prompt = token_ids >= vocab_size
@@ -179,6 +191,30 @@ def virtual_token_ids(vocab_size, num_prompt_tokens, dtype=tf.int32):
     return tf.range(vocab_size, vocab_size + num_prompt_tokens, dtype=dtype)
 
 
+def _check_offset_fits(x, offset):
+    """Raise if `offset` is past the end of `x`'s axis 1; returns `x`.
+
+    A static length is checked at trace time. A dynamic one gets a runtime
+    assertion (dropped under XLA, where shapes are static anyway).
+    """
+    message = (
+        "`offset` must be at most the sequence length, or the prompt would "
+        f"not sit at position {offset}. Received: offset={offset}, "
+    )
+    static_length = x.shape[1]
+    if static_length is not None:
+        if offset > static_length:
+            raise ValueError(message + f"sequence_length={static_length}.")
+        return x
+    if offset == 0:
+        return x
+    check = tf.debugging.assert_less_equal(
+        tf.constant(offset), tf.shape(x)[1], message=message + "a shorter sequence."
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(x)
+
+
 def insert_along_sequence(x, values, offset):
     """Insert `values` into `x` along axis 1 at `offset`, per example.
 
@@ -198,12 +234,7 @@ def insert_along_sequence(x, values, offset):
         values = tf.broadcast_to(
             values[None], tf.concat([batch, tf.shape(values)], axis=0)
         )
-    static_length = x.shape[1]
-    if static_length is not None and offset > static_length:
-        raise ValueError(
-            f"`offset` must be at most the sequence length. Received: "
-            f"offset={offset}, sequence_length={static_length}."
-        )
+    x = _check_offset_fits(x, offset)
     return tf.concat([x[:, :offset], values, x[:, offset:]], axis=1)
 
 
@@ -235,6 +266,7 @@ def extend_sequence(x, num_prompt_tokens, offset=0, fill_value=0):
             "`num_prompt_tokens` must be a positive integer. Received: "
             f"num_prompt_tokens={num_prompt_tokens}."
         )
+    x = _check_offset_fits(x, offset)
     fill_shape = tf.concat(
         [tf.shape(x)[:1], [num_prompt_tokens], tf.shape(x)[2:]], axis=0
     )
