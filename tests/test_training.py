@@ -2,10 +2,10 @@
 MultiWorkerMirroredStrategy; exact resume after a SIGKILL; TPU readiness.
 
 Every run trains the same tiny random BERT (2 layers, H=16) with a 4-token
-prompt on the embedded sentiment set. The reference is a single-device run
-in this process; the distributed and killed runs happen in fresh
-subprocesses (logical devices and TF_CONFIG must be set before TensorFlow
-starts) and must end with the same prompt and head.
+prompt on 64 sentences of the embedded sentiment set (16 steps). The
+reference is a single-device run in this process; the distributed and killed
+runs happen in fresh subprocesses (logical devices and TF_CONFIG must be set
+before TensorFlow starts) and must end with the same prompt and head.
 """
 
 import dataclasses
@@ -76,24 +76,44 @@ DRIVER = textwrap.dedent(
 
 
 @pytest.fixture(scope="module")
-def preset(tmp_path_factory):
-    train_path, _ = data.default_dataset()
-    texts = data.read_examples(train_path).texts
+def files(tmp_path_factory):
+    """64 training and 16 held-out rows of the embedded set, as TSV files."""
+    directory = tmp_path_factory.mktemp("data")
+    paths = []
+    for path, count in zip(data.default_dataset(), (64, 16)):
+        with open(path, encoding="utf-8") as f:
+            rows = f.read().splitlines()[: count + 1]
+        paths.append(directory / os.path.basename(path))
+        paths[-1].write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return [str(p) for p in paths]
+
+
+@pytest.fixture(scope="module")
+def preset(tmp_path_factory, files):
+    texts = data.read_examples(files[0]).texts + data.read_examples(files[1]).texts
     directory = tmp_path_factory.mktemp("tiny") / "preset"
     return classifier.save_tiny_bert_preset(str(directory), texts, sequence_length=16)
 
 
-def tiny_config(preset, out, **overrides):
-    return classifier.ClassifierConfig(
-        out=str(out), model=preset, **{**TINY, **overrides}
-    )
+@pytest.fixture(scope="module")
+def tiny_config(preset, files):
+    def make(out, **overrides):
+        return classifier.ClassifierConfig(
+            out=str(out),
+            model=preset,
+            data=files[0],
+            eval_data=files[1],
+            **{**TINY, **overrides},
+        )
+
+    return make
 
 
 @pytest.fixture(scope="module")
-def reference(preset, tmp_path_factory):
+def reference(tiny_config, tmp_path_factory):
     """An uninterrupted single-device run: the prompt every test must reach."""
     out = tmp_path_factory.mktemp("reference")
-    metrics = classifier.train_classifier(tiny_config(preset, out), verbose=0)
+    metrics = classifier.train_classifier(tiny_config(out), verbose=0)
     return out, metrics
 
 
@@ -208,18 +228,18 @@ def test_pipeline_shards_each_global_batch_across_pipelines_and_resumes():
 
 
 def test_mirrored_strategy_on_two_devices_equals_single_device(
-    preset, reference, tmp_path
+    tiny_config, reference, tmp_path
 ):
     out = tmp_path / "mirrored"
-    metrics = finish(run_driver(driver(tmp_path), "mirrored", tiny_config(preset, out)))
+    metrics = finish(run_driver(driver(tmp_path), "mirrored", tiny_config(out)))
     assert metrics["num_replicas"] == 2
-    assert metrics["steps"] == reference[1]["steps"] == 2 * (224 // 8)
+    assert metrics["steps"] == reference[1]["steps"] == 2 * (64 // 8)
     assert_same_training(out, reference[0], atol=2e-5)
     assert metrics["accuracy"] == pytest.approx(reference[1]["accuracy"], abs=0.03)
 
 
 def test_multi_worker_strategy_with_two_processes_equals_single_device(
-    preset, reference, tmp_path
+    tiny_config, reference, tmp_path
 ):
     out = tmp_path / "multi-worker"
     script = driver(tmp_path)
@@ -229,7 +249,7 @@ def test_multi_worker_strategy_with_two_processes_equals_single_device(
         run_driver(
             script,
             "multi-worker",
-            tiny_config(preset, out),
+            tiny_config(out),
             env={
                 "TF_CONFIG": json.dumps(
                     {"cluster": cluster, "task": {"type": "worker", "index": i}}
@@ -247,23 +267,19 @@ def test_multi_worker_strategy_with_two_processes_equals_single_device(
     assert [r["num_replicas"] for r in results] == [2, 2]
     assert_same_training(out, reference[0], atol=2e-5)
     # Only the chief (worker 0) keeps checkpoints, in the shared directory.
-    assert tf.train.latest_checkpoint(str(out / "checkpoints")).endswith("ckpt-56")
+    assert tf.train.latest_checkpoint(str(out / "checkpoints")).endswith("ckpt-16")
 
 
 def test_killed_run_resumes_from_its_checkpoint_to_the_uninterrupted_prompt(
-    preset, tmp_path
+    tiny_config, tmp_path
 ):
     # Head dropout on: resuming must also restore the dropout seed states.
-    config = dict(dropout=0.3, checkpoint_every=4)
-    expected = tmp_path / "uninterrupted"
-    classifier.train_classifier(tiny_config(preset, expected, **config), verbose=0)
-
+    config = dict(dropout=0.3, checkpoint_every=2)
     out = tmp_path / "killed"
-    script = driver(tmp_path)
-    process = run_driver(script, "slow", tiny_config(preset, out, **config))
+    process = run_driver(driver(tmp_path), "slow", tiny_config(out, **config))
     try:
         for line in process.stdout:
-            if line.strip() == "step 10":
+            if line.strip() == "step 7":
                 process.send_signal(signal.SIGKILL)
                 break
         process.wait(timeout=SUBPROCESS_TIMEOUT)
@@ -272,30 +288,34 @@ def test_killed_run_resumes_from_its_checkpoint_to_the_uninterrupted_prompt(
             process.kill()
     assert process.returncode == -signal.SIGKILL
     latest = tf.train.latest_checkpoint(str(out / "checkpoints"))
-    assert latest.endswith("ckpt-8")
+    assert latest.endswith("ckpt-6")
     assert not (out / "prompt.npz").exists()
 
-    metrics = finish(run_driver(script, "resume", tiny_config(preset, out, **config)))
-    assert metrics["resumed_from_step"] == 8
-    assert metrics["steps"] == 56
+    # Restart (here, in this process) and compare with an uninterrupted run.
+    metrics = classifier.train_classifier(tiny_config(out, **config), verbose=0)
+    assert metrics["resumed_from_step"] == 6
+    assert metrics["steps"] == 16
+    expected = tmp_path / "uninterrupted"
+    classifier.train_classifier(tiny_config(expected, **config), verbose=0)
     assert_same_training(out, expected, atol=1e-6)
 
 
-def test_resume_refuses_checkpoints_of_different_settings(preset, reference):
+def test_resume_refuses_checkpoints_of_different_settings(tiny_config, reference):
     with pytest.raises(ValueError, match="different settings \\(prompt_length\\)"):
         classifier.train_classifier(
-            tiny_config(preset, reference[0], prompt_length=5), verbose=0
+            tiny_config(reference[0], prompt_length=5), verbose=0
         )
 
 
 # --- TPU readiness ------------------------------------------------------------
 
 
-def test_train_step_is_tpu_ready_and_xla_step_matches_the_plain_step(preset):
-    config = tiny_config(preset, "unused")
+def test_train_step_is_tpu_ready_and_xla_step_matches_the_plain_step(
+    preset, files, tiny_config
+):
+    config = tiny_config("unused")
     preprocessor = classifier.load_preprocessor(preset, config.sequence_length)
-    train_path, _ = data.default_dataset()
-    examples = data.read_examples(train_path)
+    examples = data.read_examples(files[0])
     labels = data.LabelVocabulary.from_labels(examples.labels)
 
     def build():

@@ -18,10 +18,11 @@ tf-softprompt info runs/default
 ```
 
 Adding subcommands: every entry of `SUBCOMMAND_PROVIDERS` names a function
-`add_parser(subparsers)` as `"module:function"`. It adds its subcommands to
-the `argparse` subparsers and gives each `set_defaults(func=handler)`, where
-`handler(args)` returns an exit code. Providers are imported only when the
-CLI runs, so a new one is one added line.
+`add_parser(subparsers)` as `"module:function"` (or is the function itself).
+It adds its subcommands to the `argparse` subparsers and gives each
+`set_defaults(func=handler)`, where `handler(args)` returns an exit code.
+Providers are imported only when the CLI runs, so a new one is one added
+line, e.g. `"tf_softprompt.export.cli:add_export_parser",`.
 """
 
 import argparse
@@ -199,6 +200,8 @@ def add_builtin_parsers(subparsers):
 
 
 def _load_provider(spec):
+    if callable(spec):
+        return spec
     module_name, _, function_name = spec.partition(":")
     return getattr(importlib.import_module(module_name), function_name)
 
@@ -223,7 +226,11 @@ def make_strategy(name, tpu=""):
     if name == "none":
         return None
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+        # All GPUs; without GPUs, every logical CPU (one unless configured).
+        if tf.config.list_logical_devices("GPU"):
+            return tf.distribute.MirroredStrategy()
+        cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(cpus)
     if name == "multi-worker":
         if "TF_CONFIG" not in os.environ:
             raise ValueError(

