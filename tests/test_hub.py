@@ -180,7 +180,8 @@ def test_left_right_and_mixed_padding_equal_unpadded_runs(kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_fit_trains_only_the_prompt_and_head(kind):
     task = build_task(kind)
-    handle = hub.enable_prompt_tuning(task, P)
+    init = tf_softprompt.initializers.uniform(seed=0)
+    handle = hub.enable_prompt_tuning(task, P, initializer=init)
     assert hub.get_prompt_tuning(task) is handle
     assert hub.get_prompt_tuning(task.backbone) is handle
     trainable = {v.path for v in task.trainable_variables}
