@@ -113,6 +113,16 @@ def test_unsupported_models_raise_naming_the_class():
         hub.enable_prompt_tuning(model, 2)
     with pytest.raises(hub.UnsupportedModelError, match="GemmaBackbone.*prepend"):
         hub.enable_prompt_tuning(build_backbone("gemma"), 2, method="prepend")
+    bart = keras_hub.models.BartBackbone(
+        vocabulary_size=V,
+        num_layers=1,
+        num_heads=2,
+        hidden_dim=H,
+        intermediate_dim=32,
+        max_sequence_length=16,
+    )
+    with pytest.raises(hub.UnsupportedModelError, match="BartBackbone.*encoder_"):
+        hub.enable_prompt_tuning(bart, 2)
     backbone = build_backbone("gpt2")
     with pytest.raises(ValueError, match="method"):
         hub.enable_prompt_tuning(backbone, 2, method="prefix")
