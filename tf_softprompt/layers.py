@@ -86,7 +86,14 @@ class PromptEmbedding(_SymbolicMaskMixin, PromptEmbeddingMixin, keras.layers.Lay
     `tf.stop_gradient`); ids in `[V, V + P)` look up a trainable `[P, H]`
     prompt table. The vocabulary lives in a frozen `Embedding` sublayer and
     is never a trainable variable, so no optimizer, weight decay or EMA
-    touches it, and the gradient is `[P, H]`. Ids outside `[0, V + P)` raise.
+    touches it, and the gradient is a dense `[P, H]` tensor. It stays frozen
+    when the layer or its model is set `trainable = True` again.
+
+    Ids outside `[0, V + P)` raise `InvalidArgumentError` on every device
+    (the range is asserted; `tf.gather` alone returns zeros on GPU). Under
+    `jit_compile=True` XLA drops assertions: such ids then give NaN rows, so
+    check ids in the `tf.data` pipeline with
+    `tf_softprompt.ops.validate_token_ids`.
 
     Args:
         num_prompt_tokens: int, P, the number of virtual prompt tokens.
