@@ -174,8 +174,18 @@ def test_layers_save_and_load_their_prompt(tmp_path):
     prepend.build((None, None, H))
     with pytest.raises(ValueError, match="needs the base model's `vocabulary`"):
         prepend.load_prompt(path)
-    prepend.load_prompt(path, vocabulary=W)
-    np.testing.assert_array_equal(prepend.prompt.numpy(), source.prompt.numpy())
+    prepend_path = str(tmp_path / "prepend.npz")
+    prepend.save_prompt(prepend_path, vocabulary=W)
+    other = keras2.PromptPrepend(P, offset=0)
+    other.build((None, None, H))
+    with pytest.raises(ValueError, match="offset=1, but .* has offset=0"):
+        other.load_prompt(prepend_path, vocabulary=W)
+    with pytest.raises(ValueError, match="'embedding', but .* has method='prepend'"):
+        prepend.load_prompt(path, vocabulary=W)
+    same = keras2.PromptPrepend(P, offset=1)
+    same.build((None, None, H))
+    same.load_prompt(prepend_path, vocabulary=W)
+    np.testing.assert_array_equal(same.prompt.numpy(), prepend.prompt.numpy())
 
     too_long = tf_softprompt.PromptEmbedding.from_matrix(W, P + 1)
     too_long.build()

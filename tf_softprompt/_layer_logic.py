@@ -104,8 +104,8 @@ class PromptWeightsMixin:
         """Load a prompt artifact into this (built) layer; it stays trainable.
 
         Raises:
-            ValueError: if H, V or the vocabulary fingerprint differ, or the
-                file is corrupt or holds NaN/Inf.
+            ValueError: if P, H, V, the vocabulary fingerprint, the method or
+                the offset differ, or the file is corrupt or holds NaN/Inf.
         """
         if not self.built:
             raise ValueError(
@@ -115,6 +115,16 @@ class PromptWeightsMixin:
         vocabulary = self._vocabulary_for_artifact(vocabulary)
         values, metadata = artifact.load_prompt(path, vocabulary)
         ops.check_prompt_shape(values, self.prompt.shape)
+        # A prompt trained at another position or through the other form
+        # would load without complaint and then be silently wrong.
+        for key, expected in self._prompt_metadata().items():
+            if key in metadata and metadata[key] != expected:
+                raise ValueError(
+                    f"The prompt in {path!r} was trained with {key}="
+                    f"{metadata[key]!r}, but layer {self.name} has {key}="
+                    f"{expected!r}. Build the layer with {key}="
+                    f"{metadata[key]!r} to use this prompt."
+                )
         self.prompt.assign(values)
         return metadata
 
