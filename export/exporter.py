@@ -88,13 +88,17 @@ def _is_keras2(model):
 
 
 def _clone_with(model, old, new):
+    if not any(top is old for top in model.layers):
+        raise ValueError(
+            f"The prompt layer {old.name} is nested inside a sub-model of "
+            f"{model.name}; the exporter replaces top-level prompt layers only. "
+            "Build the prompt layer into the outer functional model."
+        )
     if _is_keras2(model):
         import tf_keras
 
         clone = tf_keras.models.clone_model
     else:
-        import keras
-
         clone = keras.models.clone_model
     return clone(model, clone_function=lambda layer: new if layer is old else layer)
 
