@@ -50,7 +50,7 @@ def child(variant, steps, warmup):
     train_path, _ = data.default_dataset()
     texts = data.read_examples(train_path).texts[:BATCH]
     # Long enough to fill all 128 positions, so no row is mostly padding.
-    texts = [" ".join([t] * 12) for t in texts]
+    texts = [" ".join([t] * 40) for t in texts]
     features = preprocessor(tf.constant(texts))
     lengths = tf.reduce_sum(tf.cast(features["padding_mask"], "int32"), axis=1)
     assert int(tf.reduce_min(lengths)) == SEQUENCE

@@ -78,25 +78,43 @@ def _add_train_parser(subparsers):
         help="held-out file in the same format (default: hold out "
         "--validation-split of --data)",
     )
-    parser.add_argument("--text-column", default=defaults.text_column)
-    parser.add_argument("--label-column", default=defaults.label_column)
     parser.add_argument(
-        "--prompt-length", type=_positive_int, default=defaults.prompt_length
+        "--text-column", default=defaults.text_column, help="default: %(default)s"
+    )
+    parser.add_argument(
+        "--label-column", default=defaults.label_column, help="default: %(default)s"
+    )
+    parser.add_argument(
+        "--prompt-length",
+        type=_positive_int,
+        default=defaults.prompt_length,
+        help="prompt vectors P (default: %(default)s)",
     )
     parser.add_argument(
         "--init",
         choices=classifier.INIT_CHOICES,
         default=defaults.init,
-        help="prompt initialisation; label-words uses the label names",
+        help="prompt initialisation; label-words uses the label names "
+        "(default: %(default)s)",
     )
-    parser.add_argument("--epochs", type=_positive_int, default=defaults.epochs)
+    parser.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=defaults.epochs,
+        help="default: %(default)s",
+    )
     parser.add_argument(
         "--batch-size",
         type=_positive_int,
         default=defaults.batch_size,
-        help="global batch size (over all replicas)",
+        help="global batch size, over all replicas (default: %(default)s)",
     )
-    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        default=defaults.learning_rate,
+        help="Adam, for prompt and head (default: %(default)s)",
+    )
     parser.add_argument(
         "--sequence-length",
         type=_positive_int,
@@ -110,9 +128,17 @@ def _add_train_parser(subparsers):
         default=None,
         help="prompt position (default: the adapter's; after [CLS] for BERT)",
     )
-    parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument(
-        "--validation-split", type=float, default=defaults.validation_split
+        "--seed",
+        type=int,
+        default=defaults.seed,
+        help="weights, prompt, dropout and data order (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--validation-split",
+        type=float,
+        default=defaults.validation_split,
+        help="held-out fraction of --data without --eval-data (default: %(default)s)",
     )
     parser.add_argument(
         "--checkpoint-every",
@@ -134,7 +160,11 @@ def _add_train_parser(subparsers):
     parser.add_argument(
         "--tpu", default="", help="TPU address or name for --strategy tpu"
     )
-    parser.add_argument("--jit-compile", action="store_true")
+    parser.add_argument(
+        "--jit-compile",
+        action="store_true",
+        help="compile the train step with XLA (for TPU/GPU; slow on CPU)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run_train)
 
@@ -361,6 +391,9 @@ def run_info(args):
 
 def main(argv=None):
     """Entry point of the `tf-softprompt` console script."""
+    # TensorFlow's C++ start-up chatter buries the progress bars; set before
+    # TensorFlow is imported (the user's own setting wins).
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
