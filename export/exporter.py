@@ -176,32 +176,48 @@ def _hub_model(model, prompts):
     return hub.get_prompt_tuning(model) is not None or prompts is not None
 
 
-def _prepare_hub(model, prompts, task, offset, heads=None):
-    """`(model, runner, table)` for a keras-hub model (`tf_softprompt.hub`).
+def hub_prompt_table(model, prompts, task="default", offset=None):
+    """`(handle, table, backbone)` for a keras-hub model (`tf_softprompt.hub`).
 
-    With artifacts, a model without prompt tuning gets it enabled with
-    `K * Pmax` prompt tokens, and the table is assigned to its prompt: this
-    modifies `model`.
+    With `prompts=None` the model's own prompt (prompt tuning must be
+    enabled) is the one task `task`. With artifacts, the table is built from
+    them and checked against the base's fingerprint; the handle is `None`
+    when prompt tuning is not enabled yet.
     """
     from tf_softprompt import hub
 
     handle = hub.get_prompt_tuning(model)
+    backbone = model if isinstance(model, hub.keras_hub.models.Backbone) else None
+    backbone = backbone or model.backbone
     if prompts is None:
+        if handle is None:
+            raise ValueError(
+                f"{type(model).__name__} has no prompt tuning enabled and no "
+                "`prompts` were given. Pass prompt artifacts or call "
+                "`tf_softprompt.hub.enable_prompt_tuning` first."
+            )
         table = PromptTable.from_arrays(
             {task: np.asarray(handle.prompt)},
             np.asarray(handle.vocabulary),
             offset=handle.offset,
             method=handle.method,
         )
-        return model, _hub_runner(handle, model), table
-    backbone = model if isinstance(model, hub.keras_hub.models.Backbone) else None
-    backbone = backbone or model.backbone
+        return handle, table, backbone
     vocabulary = handle.vocabulary if handle else backbone.token_embedding.embeddings
     table = PromptTable.from_artifacts(prompts, np.asarray(vocabulary))
     if offset is not None:
         table = dataclasses.replace(table, offset=int(offset))
-    if heads is not None:
-        return _prepare_hub_heads(model, backbone, handle, table, heads)
+    return handle, table, backbone
+
+
+def fit_prompt_tuning(model, handle, table):
+    """Enable (if needed) and fill `model`'s prompt tuning with `table`.
+
+    Modifies `model`: a model without prompt tuning gets it with
+    `K * Pmax` prompt tokens, and the table is assigned to its prompt.
+    """
+    from tf_softprompt import hub
+
     if handle is None:
         handle = hub.enable_prompt_tuning(
             model, table.num_rows, offset=table.offset, method=table.method
@@ -216,13 +232,21 @@ def _prepare_hub(model, prompts, task, offset, heads=None):
             "tuning enabled and the exporter enables it to fit."
         )
     handle.prompt.assign(table.table)
+    return handle
+
+
+def _prepare_hub(model, prompts, task, offset, heads=None):
+    """`(model, runner, table)` for a keras-hub classifier."""
+    handle, table, backbone = hub_prompt_table(model, prompts, task, offset)
+    if heads is not None:
+        return _prepare_hub_heads(model, backbone, handle, table, heads)
+    if prompts is not None:
+        handle = fit_prompt_tuning(model, handle, table)
     return model, _hub_runner(handle, model), table
 
 
 def _prepare_hub_heads(model, backbone, handle, table, heads):
     """Per-task heads: prompt tuning goes on the backbone, heads are stacked."""
-    from tf_softprompt import hub
-
     if handle is not None or not hasattr(model, "output_dense"):
         raise ValueError(
             "`heads` needs a keras-hub TextClassifier (with `output_dense`) "
@@ -250,10 +274,7 @@ def _prepare_hub_heads(model, backbone, handle, table, heads):
             f"[{expected[-1]}]. Received stacked shapes {list(kernels.shape)} "
             f"and {list(biases.shape)}."
         )
-    handle = hub.enable_prompt_tuning(
-        backbone, table.num_rows, offset=table.offset, method=table.method
-    )
-    handle.prompt.assign(table.table)
+    handle = fit_prompt_tuning(backbone, None, table)
     return model, _hub_heads_runner(handle, backbone, kernels, biases), table
 
 
