@@ -3,8 +3,9 @@
 Both calls send `serving_default` requests (`text`, and `task` for a
 multi-task export) and return `{output name: numpy array}` with the
 exporter's outputs: `probabilities [B, C]`, `label_ids [B]`, `label_names
-[B]`. A request TF Serving rejects raises `ServingError` with its status
-code (e.g. `INVALID_ARGUMENT` for an unknown task) and message.
+[B]` for a classifier, `text [B]` for a causal LM. A request TF Serving
+rejects raises `ServingError` with its status code (e.g.
+`INVALID_ARGUMENT` for an unknown task) and message.
 
 Exposed on the command line as `tf-softprompt query`.
 
@@ -195,12 +196,15 @@ def run_query(args):
         print(f"tf-softprompt query: {e}", file=sys.stderr)
         return 1
     for i, text in enumerate(args.texts):
-        row = {
-            "text": text,
-            "label": outputs["label_names"][i].decode(),
-            "label_id": int(outputs["label_ids"][i]),
-            "probabilities": [float(p) for p in outputs["probabilities"][i]],
-        }
+        if "label_names" in outputs:  # a classifier
+            row = {
+                "text": text,
+                "label": outputs["label_names"][i].decode(),
+                "label_id": int(outputs["label_ids"][i]),
+                "probabilities": [float(p) for p in outputs["probabilities"][i]],
+            }
+        else:  # a causal LM (`export_causal_lm`): its output is `text`
+            row = {"text": text, "generated": outputs["text"][i].decode()}
         if args.task is not None:
             row["task"] = args.task
         print(json.dumps(row))
