@@ -285,3 +285,21 @@ def test_readme_gives_the_docker_and_tpu_commands():
         'function_alias: "tpu_func"',
     ):
         assert needle in readme, needle
+
+
+def test_query_prints_generated_text_for_causal_lm_exports(monkeypatch, capsys):
+    # The formatting only: the served LM outputs themselves are checked in
+    # tests/test_export_generation.py.
+    def fake_predict(where, model, texts, task, **kwargs):
+        assert (where, model, texts, task) == ("h:1", "writer", ["Once"], None)
+        return {"text": np.array([b"Once upon a time"], dtype=object)}
+
+    monkeypatch.setattr(client, "predict_grpc", fake_predict)
+    monkeypatch.setattr(
+        cli,
+        "SUBCOMMAND_PROVIDERS",
+        [*cli.SUBCOMMAND_PROVIDERS, "tf_softprompt.serving.client:add_query_parser"],
+    )
+    assert cli.main(["query", "Once", "--model", "writer", "--grpc", "h:1"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row == {"text": "Once", "generated": "Once upon a time"}
