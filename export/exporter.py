@@ -10,11 +10,19 @@ Stages, each a named function:
 
 1. `encode` (CPU, string ops): text to fixed-length ids (`text.TextEncoder`),
    truncating the text, never the prompt.
-2. `select_prompts`: task names to each example's virtual prompt ids
-   (`prompt_table.PromptTable`), inserted at the prompt offset.
-3. `forward`: the Keras model over ids and padding mask (int/float only,
-   static sequence length: the part a TPU converter takes).
+2. `select_prompts`: task ids to each example's virtual prompt ids and
+   mask (`prompt_table.PromptTable`); task names are looked up first.
+3. the model stage (a "runner"): inserts the prompt ids at the prompt
+   offset and runs the Keras model (core layers), or hands them to the
+   keras-hub adapter (`tf_softprompt.hub`); int/float only with a static
+   sequence length, the part a TPU converter takes.
 4. `postprocess`: class probabilities, label ids and label names.
+
+Model kinds: Keras 3 and tf-keras models holding one `PromptEmbedding`
+(one or several tasks) or `PromptPrepend` (one task), keras-hub
+Backbones/Tasks with prompt tuning (or given artifacts, then enabled to
+fit), optionally with one classifier head per task, and models without a
+prompt (a baseline).
 
 Signatures (all batch-major, so TF Serving's batching applies):
 
