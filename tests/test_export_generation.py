@@ -150,3 +150,17 @@ def test_token_signature_is_static_int_only_and_aliased(setup):
     assert dims == [-1, TEXT_POSITIONS]
     aliases = loaders.function_aliases(directory)
     assert TPU_ALIAS in aliases.values()
+
+
+def test_no_generation_function_is_jit_compiled(setup):
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    for directory in setup["dirs"].values():
+        proto = saved_model_pb2.SavedModel()
+        with open(f"{directory}/saved_model.pb", "rb") as f:
+            proto.ParseFromString(f.read())
+        functions = proto.meta_graphs[0].graph_def.library.function
+        assert any("while" in f.signature.name for f in functions)  # the loop
+        for function in functions:
+            attr = function.attr.get("_XlaMustCompile")
+            assert attr is None or not attr.b, function.signature.name
