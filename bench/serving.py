@@ -66,9 +66,9 @@ def export_variants(root):
         return {name: f"{root}/{name}/1" for name in names}
     import keras
     import keras_hub
-    from tf_softprompt.export import export_model
 
     from tf_softprompt import hub
+    from tf_softprompt.export import export_model
 
     tokenizer = keras_hub.models.BertTokenizer.from_preset(_model_dir())
     common = {"tokenizer": tokenizer, "sequence_length": LENGTH}

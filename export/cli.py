@@ -114,7 +114,6 @@ def _head_arrays(model, run_dir, run):
 def export_runs(run_dirs, out, version, tasks=None, model_name=None):
     """Export trained run directories; returns the version directory."""
     from tf_softprompt.export import export_model
-
     from tf_softprompt.training import classifier
 
     dirs = [os.path.abspath(d) for d in run_dirs]

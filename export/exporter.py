@@ -54,11 +54,11 @@ import os
 import keras
 import numpy as np
 import tensorflow as tf
+
+from tf_softprompt import keras2, layers
 from tf_softprompt.export import layout
 from tf_softprompt.export.prompt_table import PromptTable, insert_prompt_ids
 from tf_softprompt.export.text import TextEncoder
-
-from tf_softprompt import keras2, layers
 
 TPU_ALIAS = "tpu_func"
 INFO_FILE = os.path.join("assets.extra", "tf_softprompt.json")

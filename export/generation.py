@@ -30,6 +30,7 @@ import os
 
 import numpy as np
 import tensorflow as tf
+
 from tf_softprompt.export import exporter, layout
 
 OUTPUT_TEXT = "text"

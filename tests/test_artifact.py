@@ -197,3 +197,17 @@ def test_loading_into_an_unbuilt_layer_is_refused(saved):
     layer = tf_softprompt.PromptPrepend(P)
     with pytest.raises(ValueError, match="not built yet"):
         layer.load_prompt(saved, vocabulary=W)
+
+
+def test_prompt_embedding_records_the_offset_its_caller_chose(tmp_path):
+    path = str(tmp_path / "after_cls.npz")
+    layer = tf_softprompt.PromptEmbedding.from_matrix(W, P)
+    layer.build()
+    meta = layer.save_prompt(path, offset=1, task="cls")
+    assert meta["offset"] == 1
+    _, stored = artifact.load_prompt(path, W)
+    assert stored["offset"] == 1
+    other = keras2.PromptEmbedding.from_matrix(W, P)
+    other.build()
+    other.load_prompt(path)  # the layer does not place ids, so any offset loads
+    np.testing.assert_array_equal(other.prompt.numpy(), layer.prompt.numpy())

@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras
+
+from tf_softprompt import PromptEmbedding, PromptPrepend, hub, keras2
 from tf_softprompt.export import (
     TPU_ALIAS,
     PromptTable,
@@ -24,8 +26,6 @@ from tf_softprompt.export import (
     read_warmup_requests,
 )
 from tf_softprompt.serving import loaders
-
-from tf_softprompt import PromptEmbedding, PromptPrepend, hub, keras2
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + (
     "the a good bad movie film great awful plot acting was is not very".split()

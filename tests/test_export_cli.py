@@ -13,9 +13,9 @@ import os
 
 import numpy as np
 import pytest
-from tf_softprompt.serving import loaders
 
 from tf_softprompt import cli
+from tf_softprompt.serving import loaders
 from tf_softprompt.training import classifier
 
 TEXTS = ["What a lovely, warm film.", "Cold soup and rude staff.", ""]

@@ -11,10 +11,10 @@ import keras_hub
 import numpy as np
 import pytest
 import tensorflow as tf
-from tf_softprompt.export import TPU_ALIAS, export_causal_lm, read_warmup_requests
-from tf_softprompt.serving import loaders
 
 from tf_softprompt import hub
+from tf_softprompt.export import TPU_ALIAS, export_causal_lm, read_warmup_requests
+from tf_softprompt.serving import loaders
 
 CHARS = "abcdefghijklmnopqrstuvwxyz"
 TOKENS = ["<|endoftext|>", *CHARS, *("Ġ" + c for c in CHARS), "Ġ", "Ġt", "Ġth", "Ġthe"]

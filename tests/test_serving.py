@@ -26,10 +26,10 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 from tensorflow_serving.config import model_server_config_pb2
-from tf_softprompt.export import export_model
-from tf_softprompt.serving import client, loaders
 
 from tf_softprompt import PromptEmbedding, cli
+from tf_softprompt.export import export_model
+from tf_softprompt.serving import client, loaders
 
 WORDS = [
     "[PAD]",

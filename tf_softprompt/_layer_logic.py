@@ -84,7 +84,9 @@ class PromptWeightsMixin:
             vocabulary: the frozen `[V, H]` matrix, for V and the fingerprint.
                 `PromptEmbedding` knows its own; `PromptPrepend` needs it.
             task: str, the task's name.
-            **extra: more metadata.
+            **extra: more metadata. `PromptEmbedding` does not know where
+                its virtual ids sit, so pass `offset=` here (default 0);
+                `PromptPrepend` records its own.
 
         Returns:
             The metadata dict.
@@ -96,8 +98,7 @@ class PromptWeightsMixin:
             vocabulary,
             initializer=initializers.describe(self.prompt_initializer),
             task=task,
-            **self._prompt_metadata(),
-            **extra,
+            **{**self._prompt_metadata(), **extra},
         )
 
     def load_prompt(self, path, vocabulary=None):
@@ -146,6 +147,10 @@ class PromptEmbeddingMixin(PromptWeightsMixin):
 
     method = "embedding"
     offset = 0
+
+    def _prompt_metadata(self):
+        # Where the virtual ids sit is the caller's choice, not the layer's.
+        return {"method": self.method}
 
     def __init__(
         self,
