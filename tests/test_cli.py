@@ -209,16 +209,16 @@ def test_registry_adds_a_provider_subcommand(monkeypatch):
 
 
 def test_embedded_default_trains_minilm_on_the_packaged_dataset(tmp_path):
-    """`tf-softprompt train --out DIR`, with 6 of its 12 epochs (suite time).
+    """Exactly `tf-softprompt train --out DIR` (about 1m45s on 2 CPU cores).
 
-    Measured here: 6 epochs give accuracy 0.851 vs baseline 0.811 (74
-    held-out sentences); the full default gives 0.905 vs 0.838.
+    Measured here: accuracy 0.905 (67/74 held-out sentences) vs baseline
+    0.838 (62/74).
     """
     command = shutil.which("tf-softprompt")
     command = [command] if command else [sys.executable, "-m", "tf_softprompt.cli"]
     out = tmp_path / "default"
     result = subprocess.run(
-        [*command, "train", "--out", str(out), "--epochs", "6", "--quiet"],
+        [*command, "train", "--out", str(out), "--quiet"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -232,10 +232,11 @@ def test_embedded_default_trains_minilm_on_the_packaged_dataset(tmp_path):
     assert metrics["data"] == "embedded:sentiment"
     assert (metrics["train_examples"], metrics["eval_examples"]) == (224, 74)
     assert metrics["labels"] == ["negative", "positive"]
-    # Held-out accuracy, well above chance (0.5) and not below the no-prompt
-    # baseline by more than two of the 74 sentences.
-    assert metrics["accuracy"] >= 0.75
-    assert metrics["baseline_accuracy"] > 0.5
-    assert metrics["accuracy"] >= metrics["baseline_accuracy"] - 2 / 74
+    # Held-out accuracy: well above chance (0.5) and at least the no-prompt
+    # baseline's (same frozen model, head, seed, steps and learning rate).
+    assert metrics["accuracy"] >= 0.85
+    assert metrics["baseline_accuracy"] > 0.6
+    assert metrics["accuracy"] >= metrics["baseline_accuracy"]
+    assert metrics["steps"] == 12 * (224 // 16)
     with np.load(out / "prompt.npz") as f:
         assert f["prompt"].shape == (20, 384)
