@@ -33,6 +33,8 @@ import sys
 
 SUBCOMMAND_PROVIDERS = [
     "tf_softprompt.cli:add_builtin_parsers",
+    "tf_softprompt.export.cli:add_export_parser",
+    "tf_softprompt.serving.client:add_query_parser",
 ]
 
 STRATEGIES = ("none", "mirrored", "multi-worker", "tpu")
