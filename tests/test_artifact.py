@@ -211,3 +211,11 @@ def test_prompt_embedding_records_the_offset_its_caller_chose(tmp_path):
     other.build()
     other.load_prompt(path)  # the layer does not place ids, so any offset loads
     np.testing.assert_array_equal(other.prompt.numpy(), layer.prompt.numpy())
+
+
+def test_saved_artifact_has_ordinary_umask_permissions(tmp_path):
+    path = tmp_path / "shared.npz"
+    artifact.save_prompt(str(path), PROMPT, W)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

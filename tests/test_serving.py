@@ -209,12 +209,7 @@ def test_one_task_for_all_texts_and_mismatched_tasks(served):
         client.predict_grpc(served["grpc"], "demo", TEXTS, ["a", "b"])
 
 
-def test_query_subcommand_prints_one_json_line_per_text(served, monkeypatch, capsys):
-    monkeypatch.setattr(
-        cli,
-        "SUBCOMMAND_PROVIDERS",
-        [*cli.SUBCOMMAND_PROVIDERS, "tf_softprompt.serving.client:add_query_parser"],
-    )
+def test_query_subcommand_prints_one_json_line_per_text(served, capsys):
     argv = ["query", "bad plot", "not good", "--model", "demo", "--task", "b"]
     assert cli.main([*argv, "--grpc", served["grpc"]]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -295,11 +290,6 @@ def test_query_prints_generated_text_for_causal_lm_exports(monkeypatch, capsys):
         return {"text": np.array([b"Once upon a time"], dtype=object)}
 
     monkeypatch.setattr(client, "predict_grpc", fake_predict)
-    monkeypatch.setattr(
-        cli,
-        "SUBCOMMAND_PROVIDERS",
-        [*cli.SUBCOMMAND_PROVIDERS, "tf_softprompt.serving.client:add_query_parser"],
-    )
     assert cli.main(["query", "Once", "--model", "writer", "--grpc", "h:1"]) == 0
     row = json.loads(capsys.readouterr().out)
     assert row == {"text": "Once", "generated": "Once upon a time"}

@@ -19,10 +19,11 @@ values, meta = artifact.load_prompt("sst2.prompt.npz", vocabulary=vocabulary)
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy as np
+
+from tf_softprompt.fileio import atomic_write
 
 FORMAT = "tf-softprompt/1"
 SUFFIX = ".npz"
@@ -121,19 +122,8 @@ def save_prompt(
         "vocab_fingerprint": vocab_fingerprint(vocab),
         **extra,
     }
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, prompt=values, metadata=np.array(json.dumps(metadata)))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    payload = {"prompt": values, "metadata": np.array(json.dumps(metadata))}
+    atomic_write(path, lambda f: np.savez(f, **payload), suffix=SUFFIX)
     return metadata
 
 
