@@ -182,6 +182,10 @@ def run_session_loader(jobs, timeout=600):
             pickle.dump(jobs, f)
         result = subprocess.run(
             [sys.executable, "-m", __name__, jobs_path, results_path],
+            # `-m` puts the working directory first on sys.path; from a
+            # source checkout that would shadow the installed package (whose
+            # `serving` and `export` live inside it) with the source tree.
+            cwd=tmp,
             capture_output=True,
             text=True,
             timeout=timeout,
