@@ -29,6 +29,7 @@ from tf_softprompt.training import (
     pipeline,
     tpu,
 )
+from tf_softprompt.training import trainer as trainer_module
 
 TINY = dict(
     prompt_length=4,
@@ -367,3 +368,91 @@ def test_train_step_is_tpu_ready_and_xla_step_matches_the_plain_step(
 
 def build_prompt_init(config):
     return classifier.initializers.uniform(seed=config.seed)((4, 16)).numpy()
+
+
+def _dropout_bert_classifier(prompt):
+    """A 2-layer random BERT classifier with backbone dropout 0.3."""
+    import keras_hub
+
+    from tf_softprompt import hub, initializers
+
+    def build():
+        backbone = keras_hub.models.BertBackbone(
+            vocabulary_size=50,
+            num_layers=2,
+            num_heads=2,
+            hidden_dim=16,
+            intermediate_dim=32,
+            max_sequence_length=32,
+            dropout=0.3,
+        )
+        model = keras_hub.models.BertTextClassifier(
+            backbone=backbone, num_classes=2, preprocessor=None
+        )
+        if prompt:
+            hub.enable_prompt_tuning(model, 3, initializer=initializers.uniform(seed=1))
+        return model
+
+    return build
+
+
+def test_recompute_gives_the_same_losses_gradients_and_dropout_states():
+    rng = np.random.default_rng(0)
+    lengths = np.array([10, 7, 10, 4])
+    features = {
+        "token_ids": tf.constant(rng.integers(5, 50, (4, 10)), tf.int32),
+        "padding_mask": tf.constant(np.arange(10)[None] < lengths[:, None]),
+        "segment_ids": tf.zeros((4, 10), tf.int32),
+    }
+    labels = tf.constant([0, 1, 1, 0])
+
+    def two_steps(trainer):
+        @tf.function
+        def gradients():
+            with tf.GradientTape() as tape:
+                logits = trainer.model(features, training=True)
+                loss = tf.reduce_sum(trainer.loss_fn(labels, logits))
+            return loss, tape.gradient(loss, trainer.variables)
+
+        results = []
+        for _ in range(2):
+            loss, grads = gradients()
+            dense = [tf.convert_to_tensor(g).numpy() for g in grads]
+            results.append((float(loss), dense))
+        seeds = [
+            v.numpy()
+            for v in trainer.model.non_trainable_variables
+            if v.path.endswith("seed_generator_state")
+        ]
+        return results, seeds
+
+    for prompt in (True, False):  # prompt tuning, then full fine-tuning
+        build = _dropout_bert_classifier(prompt)
+        plain = Trainer(build, learning_rate=1e-3, global_batch_size=4, verbose=0)
+        recomputed = Trainer(
+            build, learning_rate=1e-3, global_batch_size=4, verbose=0, recompute=True
+        )
+        (expected, expected_seeds), (got, got_seeds) = (
+            two_steps(plain),
+            two_steps(recomputed),
+        )
+        # Dropout is active: the two steps draw different masks.
+        assert expected[0][0] != expected[1][0]
+        assert len(expected_seeds) >= 4
+        for seed, other in zip(expected_seeds, got_seeds):
+            np.testing.assert_array_equal(seed, other)
+        for (loss, grads), (loss_r, grads_r) in zip(expected, got):
+            assert abs(loss - loss_r) <= 1e-5
+            assert len(grads) == len(grads_r) == len(plain.variables)
+            for g, g_r in zip(grads, grads_r):
+                assert np.abs(g).max() > 0
+                np.testing.assert_allclose(g_r, g, rtol=0, atol=1e-5)
+    # Inference is untouched.
+    np.testing.assert_allclose(
+        recomputed.model(features, training=False).numpy(),
+        plain.model(features, training=False).numpy(),
+        rtol=0,
+        atol=1e-6,
+    )
+    with pytest.raises(ValueError, match="no `transformer_layers`"):
+        trainer_module.recompute_transformer_layers(tf.keras.layers.Dense(2))

@@ -167,6 +167,12 @@ def _add_train_parser(subparsers):
         action="store_true",
         help="compile the train step with XLA (for TPU/GPU; slow on CPU)",
     )
+    parser.add_argument(
+        "--recompute",
+        action="store_true",
+        help="recompute transformer activations in the backward pass: less "
+        "memory, about one more forward pass per step, the same gradients",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run_train)
 
@@ -300,6 +306,7 @@ def run_train(args, callbacks=()):
         baseline=not args.no_baseline,
         checkpoint_every=args.checkpoint_every,
         jit_compile=args.jit_compile,
+        recompute=args.recompute,
     )
     metrics = classifier.train_classifier(
         config, strategy=strategy, callbacks=callbacks, verbose=0 if args.quiet else 1

@@ -99,6 +99,9 @@ class ClassifierConfig:
         checkpoint_every: checkpoint every N steps (0: each epoch).
         dropout: the task head's dropout; `None` keeps the task default.
         jit_compile: compile the train step with XLA.
+        recompute: recompute each transformer layer's activations in the
+            backward pass (`Trainer(recompute=True)`): less memory, about one
+            more forward pass per step, the same gradients.
     """
 
     out: str
@@ -120,6 +123,7 @@ class ClassifierConfig:
     checkpoint_every: int = 0
     dropout: float = None
     jit_compile: bool = False
+    recompute: bool = False
 
     def __post_init__(self):
         if self.init not in INIT_CHOICES:
@@ -483,7 +487,7 @@ def train_classifier(config, *, strategy=None, callbacks=(), verbose=1):
     fingerprint = {
         k: v
         for k, v in dataclasses.asdict(config).items()
-        if k not in ("out", "baseline", "checkpoint_every", "jit_compile")
+        if k not in ("out", "baseline", "checkpoint_every", "jit_compile", "recompute")
     }
     fingerprint["model"] = model_path
     config_path = _check_resume_config(checkpoints, fingerprint)
@@ -496,6 +500,7 @@ def train_classifier(config, *, strategy=None, callbacks=(), verbose=1):
         strategy=strategy,
         seed=config.seed,
         jit_compile=config.jit_compile,
+        recompute=config.recompute,
         checkpoint_dir=checkpoints,
         log_dir=os.path.join(out, LOG_DIR, "prompt"),
         verbose=verbose,
@@ -605,6 +610,7 @@ def _train_baseline(
         strategy=strategy,
         seed=config.seed,
         jit_compile=config.jit_compile,
+        recompute=config.recompute,
         log_dir=os.path.join(out, LOG_DIR, "baseline"),
         verbose=verbose,
     )
