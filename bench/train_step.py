@@ -19,6 +19,10 @@ Prints one JSON line last with:
 - `memory_ratio_above_runtime`: (peak RSS - RSS of the process with
   TensorFlow and keras-hub imported but no model loaded), prompt / full.
   Labelled separately; it is not the raw figure.
+- `time_ratio_recompute`, `memory_ratio_recompute`: the same for the prompt
+  step with `Trainer(recompute=True)` (each transformer layer recomputed in
+  the backward pass; same gradients), an opt-in variant. The default
+  figures above are without it.
 
 Usage: python bench/train_step.py [--steps 10] [--warmup 2]
 """
@@ -32,6 +36,8 @@ import sys
 import time
 
 BATCH, SEQUENCE, PROMPT = 16, 128, 20
+VARIANTS = ("prompt", "prompt-recompute", "full")
+RECOMPUTED = ("prompt-recompute",)
 
 
 def _rss_mb():
@@ -64,7 +70,7 @@ def _batch_and_builder():
     def builder(variant):
         def build():
             model = classifier.load_classifier(model_dir, 2)
-            if variant == "prompt":
+            if variant.startswith("prompt"):
                 config = classifier.ClassifierConfig(
                     out="unused", prompt_length=PROMPT, init="uniform"
                 )
@@ -91,7 +97,11 @@ def child(variant, steps, warmup):
     features, labels, builder = _batch_and_builder()
     runtime_rss = _rss_mb()
     trainer = Trainer(
-        builder(variant), learning_rate=1e-4, global_batch_size=BATCH, verbose=0
+        builder(variant),
+        learning_rate=1e-4,
+        global_batch_size=BATCH,
+        verbose=0,
+        recompute=variant in RECOMPUTED,
     )
     trainable = int(sum(np.prod(v.shape) for v in trainer.variables))
     step = trainer.compiled_replica_step()
@@ -120,9 +130,13 @@ def alternating_child(steps, warmup):
 
     features, labels, builder = _batch_and_builder()
     steps_by_variant = {}
-    for variant in ("prompt", "full"):
+    for variant in VARIANTS:
         trainer = Trainer(
-            builder(variant), learning_rate=1e-4, global_batch_size=BATCH, verbose=0
+            builder(variant),
+            learning_rate=1e-4,
+            global_batch_size=BATCH,
+            verbose=0,
+            recompute=variant in RECOMPUTED,
         )
         steps_by_variant[variant] = trainer.compiled_replica_step()
     rounds = []
@@ -131,11 +145,16 @@ def alternating_child(steps, warmup):
         if i >= warmup:
             rounds.append(pair)
     prompt = [r["prompt"] for r in rounds]
+    recomputed = [r["prompt-recompute"] for r in rounds]
     full = [r["full"] for r in rounds]
     return {
         "variant": "alternating",
         "time_ratio": float(np.median([p / f for p, f in zip(prompt, full)])),
+        "time_ratio_recompute": float(
+            np.median([p / f for p, f in zip(recomputed, full)])
+        ),
         "prompt_step_seconds_median": float(np.median(prompt)),
+        "prompt_recompute_step_seconds_median": float(np.median(recomputed)),
         "full_step_seconds_median": float(np.median(full)),
     }
 
@@ -165,9 +184,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument(
-        "--child", choices=("prompt", "full", "alternating"), default=None
-    )
+    parser.add_argument("--child", choices=VARIANTS + ("alternating",), default=None)
     args = parser.parse_args()
     if args.child:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -178,9 +195,10 @@ def main():
         print(json.dumps(result), flush=True)
         return
     prompt = run_child("prompt", args.steps, args.warmup)
+    recomputed = run_child("prompt-recompute", args.steps, args.warmup)
     full = run_child("full", args.steps, args.warmup)
     timing = run_child("alternating", args.steps, args.warmup)
-    for record in (prompt, full, timing):
+    for record in (prompt, recomputed, full, timing):
         print(json.dumps(record))
     result = {
         "time_ratio": timing["time_ratio"],
@@ -189,9 +207,13 @@ def main():
         "memory_ratio": prompt["peak_rss_mb"] / full["peak_rss_mb"],
         "memory_ratio_above_runtime": (prompt["peak_rss_mb"] - prompt["runtime_rss_mb"])
         / (full["peak_rss_mb"] - full["runtime_rss_mb"]),
+        "time_ratio_recompute": timing["time_ratio_recompute"],
+        "memory_ratio_recompute": recomputed["peak_rss_mb"] / full["peak_rss_mb"],
         "prompt_step_seconds": timing["prompt_step_seconds_median"],
+        "prompt_recompute_step_seconds": timing["prompt_recompute_step_seconds_median"],
         "full_step_seconds": timing["full_step_seconds_median"],
         "prompt_peak_rss_mb": prompt["peak_rss_mb"],
+        "prompt_recompute_peak_rss_mb": recomputed["peak_rss_mb"],
         "full_peak_rss_mb": full["peak_rss_mb"],
         "prompt_trainable_parameters": prompt["trainable_parameters"],
         "full_trainable_parameters": full["trainable_parameters"],
