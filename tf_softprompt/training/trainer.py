@@ -301,9 +301,12 @@ def recompute_transformer_layers(model):
 
     Patches the `call` of every layer in `backbone.transformer_layers` (the
     keras-hub convention), on these instances, so that a training forward
-    keeps only each layer's input; the backward pass runs the layer again
-    to get its gradients. Peak memory then holds one layer's activations
-    instead of all of them, for one extra forward pass per step.
+    inside a `tf.function` (as `Trainer`'s step) keeps only each layer's
+    input; the backward pass runs the layer again to get its gradients. Peak
+    memory then holds one layer's activations instead of all of them, for
+    one extra forward pass per step. Measured on all-MiniLM-L6-v2 (batch 16,
+    128 tokens + 20 prompt tokens, CPU): peak RSS of the prompt-tuning step
+    about 1830 -> 1275 MB, step time about 1.4x (`bench/train_step.py`).
 
     The gradients are the ones without recomputation: the layer's dropout
     seed states are rewound to their values before the forward, so the
