@@ -27,9 +27,9 @@ from tf_softprompt.training import (
     classifier,
     epoch_order,
     pipeline,
+    recompute,
     tpu,
 )
-from tf_softprompt.training import trainer as trainer_module
 
 TINY = dict(
     prompt_length=4,
@@ -455,4 +455,4 @@ def test_recompute_gives_the_same_losses_gradients_and_dropout_states():
         atol=1e-6,
     )
     with pytest.raises(ValueError, match="no `transformer_layers`"):
-        trainer_module.recompute_transformer_layers(tf.keras.layers.Dense(2))
+        recompute.recompute_transformer_layers(tf.keras.layers.Dense(2))

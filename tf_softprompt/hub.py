@@ -781,3 +781,25 @@ __all__ = [
     "enable_prompt_tuning",
     "get_prompt_tuning",
 ]
+
+
+def transformer_layers(model):
+    """The transformer blocks of a keras-hub Backbone or Task, in order.
+
+    keras-hub backbones keep them in `backbone.transformer_layers`.
+
+    Args:
+        model: a keras-hub Backbone, or a Task with a `backbone`.
+
+    Returns:
+        A non-empty list of layers.
+    """
+    backbone = getattr(model, "backbone", model)
+    layers = list(getattr(backbone, "transformer_layers", None) or ())
+    if not layers:
+        raise ValueError(
+            f"`{type(backbone).__name__}` has no `transformer_layers`, so "
+            "there is nothing to recompute. Pass a keras-hub Backbone or Task "
+            "(BERT, GPT2, Gemma, ...), or train without recompute."
+        )
+    return layers

@@ -38,6 +38,7 @@ import tensorflow as tf
 
 from tf_softprompt import data as data_lib
 from tf_softprompt import initializers
+from tf_softprompt.fileio import atomic_write
 from tf_softprompt.training import pipeline
 from tf_softprompt.training.trainer import Trainer, is_chief
 
@@ -328,30 +329,10 @@ def enable_prompt(model, config, preprocessor, label_names, offset=None):
 # --- files ------------------------------------------------------------------
 
 
-def _atomic_write(path, write):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates 0600; give the file the usual umask permissions.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def write_json(path, obj):
     """Write JSON atomically (temporary file, then rename)."""
     payload = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
-    _atomic_write(path, lambda f: f.write(payload))
+    atomic_write(path, lambda f: f.write(payload))
 
 
 def read_json(path, what):
@@ -379,7 +360,7 @@ def _variable_id(variable):
 def save_head(path, variables):
     """Save the head's variables as `{path: array}` in an `.npz`, atomically."""
     arrays = {v.path: np.asarray(keras.ops.convert_to_numpy(v)) for v in variables}
-    _atomic_write(path, lambda f: np.savez(f, **arrays))
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def load_head(path, variables):
