@@ -162,9 +162,10 @@ def test_fifty_adamw_steps_leave_the_vocabulary_bit_identical():
 
 
 def test_one_adam_step_moves_each_used_prompt_weight_by_the_learning_rate():
-    """Adam's first step is `lr * g / (|g| + eps)`, about `lr` for any weight
-    with a gradient. A gradient of repeated `IndexedSlices` (one per use of a
-    virtual id) breaks this in Keras 3; the prompt's dense gradient keeps it."""
+    """Adam's first step is `lr * g / (|g| + eps')`, about `lr` for any weight
+    with a gradient well above `eps'`. A gradient of repeated `IndexedSlices`
+    (one per use of a virtual id) breaks this in Keras 3 (a step of 0.141);
+    the prompt's dense gradient keeps it."""
     layer = keras2.PromptEmbedding.from_matrix(W, P)
     model = _classifier(layer)
     ids = np.array([[V, V, 3, V + 2], [V + 2, 5, V, 0]], "int32")
@@ -176,7 +177,14 @@ def test_one_adam_step_moves_each_used_prompt_weight_by_the_learning_rate():
         zip(grads, model.trainable_variables)
     )
     step = np.abs(layer.prompt.numpy() - before)
-    np.testing.assert_allclose(step[[0, 2]], 0.1, rtol=1e-2)
+    (prompt_grad,) = [
+        g for g, v in zip(grads, model.trainable_variables) if v is layer.prompt
+    ]
+    # Adam's epsilon shrinks the step of a weight whose gradient is tiny
+    # (random init can give one); compare where it is below 0.3%.
+    clear = np.abs(np.asarray(prompt_grad))[[0, 2]] > 1e-3
+    assert clear.sum() >= H
+    np.testing.assert_allclose(step[[0, 2]][clear], 0.1, rtol=1e-2)
     np.testing.assert_array_equal(step[1], 0.0)
 
 
