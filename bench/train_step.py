@@ -6,6 +6,11 @@ the prompt step), Adam, the same `tf_softprompt.training.Trainer` step code
 for both. The prompt step differentiates only the prompt and the head; the
 full step differentiates every weight.
 
+Two further prompt variants are measured, each reported under its own key:
+`prompt-equal-length` cuts the texts to 108 tokens so that the model sees
+128 positions in both steps (the prompt takes 20 of them), and
+`prompt-recompute` is the opt-in `Trainer(recompute=True)`.
+
 Each variant runs in its own child process, so peak RSS (`ru_maxrss`) is
 measured separately; the time ratio comes from a third child that
 interleaves the two steps, so load from other processes hits both alike.
@@ -23,6 +28,10 @@ Prints one JSON line last with:
   step with `Trainer(recompute=True)` (each transformer layer recomputed in
   the backward pass; same gradients), an opt-in variant. The default
   figures above are without it.
+- `time_ratio_equal_length`, `memory_ratio_equal_length`: the same for the
+  prompt step at 128 model positions (108 text tokens + 20 prompt).
+- `time_ratio_xla`: prompt / full step, both compiled with
+  `jit_compile=True` (as on a TPU), interleaved in the same child.
 
 Usage: python bench/train_step.py [--steps 10] [--warmup 2]
 """
@@ -36,8 +45,12 @@ import sys
 import time
 
 BATCH, SEQUENCE, PROMPT = 16, 128, 20
-VARIANTS = ("prompt", "prompt-recompute", "full")
+VARIANTS = ("prompt", "prompt-recompute", "prompt-equal-length", "full")
 RECOMPUTED = ("prompt-recompute",)
+# Text tokens per variant; the prompt step adds PROMPT positions.
+TEXT_LENGTH = {"prompt-equal-length": SEQUENCE - PROMPT}
+# Extra steps of the timing child, compiled with XLA: (name, variant).
+XLA_STEPS = (("prompt-xla", "prompt"), ("full-xla", "full"))
 
 
 def _rss_mb():
@@ -49,7 +62,7 @@ def _rss_mb():
 
 
 def _batch_and_builder():
-    """The fixed batch and a model builder per variant."""
+    """Features per variant, the labels, and a model builder per variant."""
     import numpy as np
     import tensorflow as tf
 
@@ -57,14 +70,17 @@ def _batch_and_builder():
     from tf_softprompt.training import classifier
 
     model_dir = classifier.packaged_model_dir()
-    preprocessor = classifier.load_preprocessor(model_dir, SEQUENCE)
     train_path, _ = data.default_dataset()
     texts = data.read_examples(train_path).texts[:BATCH]
     # Long enough to fill all 128 positions, so no row is mostly padding.
-    texts = [" ".join([t] * 40) for t in texts]
-    features = preprocessor(tf.constant(texts))
-    lengths = tf.reduce_sum(tf.cast(features["padding_mask"], "int32"), axis=1)
-    assert int(tf.reduce_min(lengths)) == SEQUENCE
+    texts = tf.constant([" ".join([t] * 40) for t in texts])
+    preprocessors, features = {}, {}
+    for variant in VARIANTS:
+        length = TEXT_LENGTH.get(variant, SEQUENCE)
+        preprocessors[variant] = classifier.load_preprocessor(model_dir, length)
+        features[variant] = preprocessors[variant](texts)
+        mask = features[variant]["padding_mask"]
+        assert int(tf.reduce_min(tf.reduce_sum(tf.cast(mask, "int32"), 1))) == length
     labels = tf.constant(np.arange(BATCH) % 2, tf.int32)
 
     def builder(variant):
@@ -74,7 +90,9 @@ def _batch_and_builder():
                 config = classifier.ClassifierConfig(
                     out="unused", prompt_length=PROMPT, init="uniform"
                 )
-                classifier.enable_prompt(model, config, preprocessor, ["a", "b"])
+                classifier.enable_prompt(
+                    model, config, preprocessors[variant], ["a", "b"]
+                )
             return model
 
         return build
@@ -88,23 +106,29 @@ def _timed(step, features, labels):
     return time.perf_counter() - start
 
 
-def child(variant, steps, warmup):
-    """One variant alone: step times and peak RSS of this process."""
-    import numpy as np
-
+def _compiled_step(builder, variant, jit_compile=False):
     from tf_softprompt.training import Trainer
 
-    features, labels, builder = _batch_and_builder()
-    runtime_rss = _rss_mb()
     trainer = Trainer(
         builder(variant),
         learning_rate=1e-4,
         global_batch_size=BATCH,
         verbose=0,
         recompute=variant in RECOMPUTED,
+        jit_compile=jit_compile,
     )
+    return trainer, trainer.compiled_replica_step()
+
+
+def child(variant, steps, warmup):
+    """One variant alone: step times and peak RSS of this process."""
+    import numpy as np
+
+    features, labels, builder = _batch_and_builder()
+    features = features[variant]
+    runtime_rss = _rss_mb()
+    trainer, step = _compiled_step(builder, variant)
     trainable = int(sum(np.prod(v.shape) for v in trainer.variables))
-    step = trainer.compiled_replica_step()
     for _ in range(warmup):
         _timed(step, features, labels)
     times = [_timed(step, features, labels) for _ in range(steps)]
@@ -119,44 +143,41 @@ def child(variant, steps, warmup):
 
 
 def alternating_child(steps, warmup):
-    """Both variants in one process, steps interleaved: the time ratio.
+    """All variants in one process, steps interleaved: the time ratios.
 
-    Other load on the machine then slows both variants alike; the ratio is
+    Other load on the machine then slows every variant alike; each ratio is
     the median of the per-round ratios.
     """
     import numpy as np
 
-    from tf_softprompt.training import Trainer
-
     features, labels, builder = _batch_and_builder()
-    steps_by_variant = {}
-    for variant in VARIANTS:
-        trainer = Trainer(
-            builder(variant),
-            learning_rate=1e-4,
-            global_batch_size=BATCH,
-            verbose=0,
-            recompute=variant in RECOMPUTED,
-        )
-        steps_by_variant[variant] = trainer.compiled_replica_step()
+    steps_by_name = {v: (_compiled_step(builder, v)[1], v) for v in VARIANTS}
+    for name, variant in XLA_STEPS:
+        step = _compiled_step(builder, variant, jit_compile=True)[1]
+        steps_by_name[name] = (step, variant)
     rounds = []
     for i in range(warmup + steps):
-        pair = {v: _timed(f, features, labels) for v, f in steps_by_variant.items()}
+        times = {
+            name: _timed(step, features[variant], labels)
+            for name, (step, variant) in steps_by_name.items()
+        }
         if i >= warmup:
-            rounds.append(pair)
-    prompt = [r["prompt"] for r in rounds]
-    recomputed = [r["prompt-recompute"] for r in rounds]
-    full = [r["full"] for r in rounds]
-    return {
+            rounds.append(times)
+
+    def ratio(name, reference="full"):
+        return float(np.median([r[name] / r[reference] for r in rounds]))
+
+    result = {
         "variant": "alternating",
-        "time_ratio": float(np.median([p / f for p, f in zip(prompt, full)])),
-        "time_ratio_recompute": float(
-            np.median([p / f for p, f in zip(recomputed, full)])
-        ),
-        "prompt_step_seconds_median": float(np.median(prompt)),
-        "prompt_recompute_step_seconds_median": float(np.median(recomputed)),
-        "full_step_seconds_median": float(np.median(full)),
+        "time_ratio": ratio("prompt"),
+        "time_ratio_recompute": ratio("prompt-recompute"),
+        "time_ratio_equal_length": ratio("prompt-equal-length"),
+        "time_ratio_xla": ratio("prompt-xla", "full-xla"),
     }
+    for name in steps_by_name:
+        key = name.replace("-", "_") + "_step_seconds"
+        result[key] = float(np.median([r[name] for r in rounds]))
+    return result
 
 
 def run_child(variant, steps, warmup):
@@ -194,27 +215,33 @@ def main():
             result = child(args.child, args.steps, args.warmup)
         print(json.dumps(result), flush=True)
         return
-    prompt = run_child("prompt", args.steps, args.warmup)
-    recomputed = run_child("prompt-recompute", args.steps, args.warmup)
-    full = run_child("full", args.steps, args.warmup)
+    records = {v: run_child(v, args.steps, args.warmup) for v in VARIANTS}
     timing = run_child("alternating", args.steps, args.warmup)
-    for record in (prompt, recomputed, full, timing):
+    for record in [*records.values(), timing]:
         print(json.dumps(record))
+    full = records["full"]
+
+    def memory_ratio(variant):
+        return records[variant]["peak_rss_mb"] / full["peak_rss_mb"]
+
+    prompt = records["prompt"]
     result = {
         "time_ratio": timing["time_ratio"],
         "time_ratio_separate_processes": prompt["step_seconds_median"]
         / full["step_seconds_median"],
-        "memory_ratio": prompt["peak_rss_mb"] / full["peak_rss_mb"],
+        "memory_ratio": memory_ratio("prompt"),
         "memory_ratio_above_runtime": (prompt["peak_rss_mb"] - prompt["runtime_rss_mb"])
         / (full["peak_rss_mb"] - full["runtime_rss_mb"]),
         "time_ratio_recompute": timing["time_ratio_recompute"],
-        "memory_ratio_recompute": recomputed["peak_rss_mb"] / full["peak_rss_mb"],
-        "prompt_step_seconds": timing["prompt_step_seconds_median"],
-        "prompt_recompute_step_seconds": timing["prompt_recompute_step_seconds_median"],
-        "full_step_seconds": timing["full_step_seconds_median"],
-        "prompt_peak_rss_mb": prompt["peak_rss_mb"],
-        "prompt_recompute_peak_rss_mb": recomputed["peak_rss_mb"],
-        "full_peak_rss_mb": full["peak_rss_mb"],
+        "memory_ratio_recompute": memory_ratio("prompt-recompute"),
+        "time_ratio_equal_length": timing["time_ratio_equal_length"],
+        "memory_ratio_equal_length": memory_ratio("prompt-equal-length"),
+        "time_ratio_xla": timing["time_ratio_xla"],
+        **{k: v for k, v in timing.items() if k.endswith("_step_seconds")},
+        **{
+            v.replace("-", "_") + "_peak_rss_mb": r["peak_rss_mb"]
+            for v, r in records.items()
+        },
         "prompt_trainable_parameters": prompt["trainable_parameters"],
         "full_trainable_parameters": full["trainable_parameters"],
         "batch_size": BATCH,

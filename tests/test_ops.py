@@ -169,6 +169,33 @@ def test_pack_permutation_moves_valid_positions_first_stably():
     assert restored.numpy().tolist() == x.numpy().tolist()
 
 
+def test_pack_destinations_and_inverse_match_a_stable_sort():
+    rng = np.random.default_rng(0)
+    for length in (1, 2, 7, 33):
+        mask = rng.random((5, length)) < 0.6
+        keys = (~mask).astype(int)
+        expected = np.argsort(keys, axis=1, kind="stable")
+        perm = ops.pack_permutation(tf.constant(mask))
+        assert perm.dtype == tf.int32
+        np.testing.assert_array_equal(perm.numpy(), expected)
+        np.testing.assert_array_equal(
+            ops.pack_destinations(tf.constant(mask)).numpy(),
+            np.argsort(expected, axis=1),
+        )
+        shuffled = np.stack([rng.permutation(length) for _ in range(3)])
+        inverse = ops.inverse_permutation(tf.constant(shuffled, tf.int64))
+        assert inverse.dtype == tf.int64
+        np.testing.assert_array_equal(inverse.numpy(), np.argsort(shuffled, axis=1))
+    dynamic = tf.function(
+        ops.pack_permutation, input_signature=[tf.TensorSpec((None, None), tf.bool)]
+    )
+    mask = tf.constant([[False, True, False, True]])
+    assert dynamic(mask).numpy().tolist() == [[1, 3, 0, 2]]
+    compiled = tf.function(ops.pack_permutation, jit_compile=True)
+    assert compiled(mask).numpy().tolist() == [[1, 3, 0, 2]]
+    assert " sort(" not in compiled.experimental_get_compiler_ir(mask)(stage="hlo")
+
+
 def test_check_prompt_shape_names_both_shapes():
     with pytest.raises(ValueError, match=r"\[3, 2\].*\[2, 2\]"):
         ops.check_prompt_shape(np.zeros((3, 2)), (2, 2))

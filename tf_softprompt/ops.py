@@ -297,12 +297,37 @@ def prepend_prompt(embedded, prompt, offset=0):
     return insert_along_sequence(embedded, prompt, offset)
 
 
+def pack_destinations(mask):
+    """Where each position goes when a row is packed (valid positions first).
+
+    Valid positions keep their order and so do the padding positions, so
+    left padding, or padding in the middle of a row, becomes right padding.
+    Computed with cumulative sums, not a sort: under XLA a sort here made a
+    whole prompt-tuning train step about 15x slower on CPU.
+
+    Args:
+        mask: `[B, T]` bool tensor, `True` where the position is valid.
+
+    Returns:
+        `[B, T]` int32 tensor `dest`: position `t` of row `b` moves to
+        `dest[b, t]`. It is the inverse of `pack_permutation(mask)`.
+
+    Example:
+    >>> pack_destinations(tf.constant([[False, True, True]])).numpy().tolist()
+    [[2, 0, 1]]
+    """
+    valid = tf.cast(mask, tf.int32)
+    valid_before = tf.cumsum(valid, axis=1, exclusive=True)
+    padding_before = tf.cumsum(1 - valid, axis=1, exclusive=True)
+    num_valid = tf.reduce_sum(valid, axis=1, keepdims=True)
+    return tf.where(valid > 0, valid_before, num_valid + padding_before)
+
+
 def pack_permutation(mask):
     """The per-row permutation that moves valid positions to the front.
 
-    The sort is stable, so valid positions keep their order and so do the
-    padding positions. Applying it turns left padding, or padding in the
-    middle of a row, into right padding.
+    Stable: valid positions keep their order and so do the padding
+    positions (see `pack_destinations`).
 
     Args:
         mask: `[B, T]` bool tensor, `True` where the position is valid.
@@ -310,14 +335,28 @@ def pack_permutation(mask):
     Returns:
         `[B, T]` int32 tensor `perm` such that
         `tf.gather(x, perm, batch_dims=1)` packs a row.
+
+    Example:
+    >>> pack_permutation(tf.constant([[False, True, True]])).numpy().tolist()
+    [[1, 2, 0]]
     """
-    keys = 1 - tf.cast(mask, tf.int32)
-    return tf.argsort(keys, axis=1, stable=True)
+    return inverse_permutation(pack_destinations(mask))
 
 
 def inverse_permutation(perm):
-    """Inverse of a `[B, T]` batch of permutations."""
-    return tf.argsort(perm, axis=1, stable=True)
+    """Inverse of a `[B, T]` batch of permutations (a scatter, not a sort).
+
+    Args:
+        perm: `[B, T]` int tensor; each row a permutation of `0..T-1`.
+
+    Returns:
+        `[B, T]` tensor `inv` of `perm`'s dtype with `inv[b, perm[b, t]] = t`.
+    """
+    perm = tf.convert_to_tensor(perm)
+    shape = tf.shape(perm, out_type=perm.dtype)
+    rows = tf.broadcast_to(tf.range(shape[0])[:, None], shape)
+    positions = tf.broadcast_to(tf.range(shape[1])[None], shape)
+    return tf.scatter_nd(tf.stack([rows, perm], axis=-1), positions, shape)
 
 
 def gather_rows(x, perm):
