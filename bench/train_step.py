@@ -61,8 +61,12 @@ def _rss_mb():
     return float("nan")
 
 
-def _batch_and_builder():
-    """Features per variant, the labels, and a model builder per variant."""
+def _batch_and_builder(variants=VARIANTS):
+    """Features per variant, the labels, and a model builder per variant.
+
+    Only the `variants` asked for get a preprocessor, so a memory-measuring
+    child carries no other variant's state in its baseline.
+    """
     import numpy as np
     import tensorflow as tf
 
@@ -75,7 +79,7 @@ def _batch_and_builder():
     # Long enough to fill all 128 positions, so no row is mostly padding.
     texts = tf.constant([" ".join([t] * 40) for t in texts])
     preprocessors, features = {}, {}
-    for variant in VARIANTS:
+    for variant in variants:
         length = TEXT_LENGTH.get(variant, SEQUENCE)
         preprocessors[variant] = classifier.load_preprocessor(model_dir, length)
         features[variant] = preprocessors[variant](texts)
@@ -124,7 +128,7 @@ def child(variant, steps, warmup):
     """One variant alone: step times and peak RSS of this process."""
     import numpy as np
 
-    features, labels, builder = _batch_and_builder()
+    features, labels, builder = _batch_and_builder((variant,))
     features = features[variant]
     runtime_rss = _rss_mb()
     trainer, step = _compiled_step(builder, variant)

@@ -10,12 +10,12 @@ directory layout and warmup requests.
 from tf_softprompt.export.exporter import TPU_ALIAS, export_model, find_prompt_layer
 from tf_softprompt.export.generation import export_causal_lm
 from tf_softprompt.export.layout import read_warmup_requests, version_dir
-from tf_softprompt.export.prompt_table import PromptTable, insert_prompt_ids
+from tf_softprompt.export.prompt_table import MultiTaskPromptTable, insert_prompt_ids
 from tf_softprompt.export.text import TextEncoder
 
 __all__ = [
     "TPU_ALIAS",
-    "PromptTable",
+    "MultiTaskPromptTable",
     "TextEncoder",
     "export_causal_lm",
     "export_model",

@@ -11,7 +11,7 @@ Stages, each a named function:
 1. `encode` (CPU, string ops): text to fixed-length ids (`text.TextEncoder`),
    truncating the text, never the prompt.
 2. `select_prompts`: task ids to each example's virtual prompt ids and
-   mask (`prompt_table.PromptTable`); task names are looked up first.
+   mask (`prompt_table.MultiTaskPromptTable`); task names are looked up first.
 3. the model stage (a "runner"): inserts the prompt ids at the prompt
    offset and runs the Keras model (core layers), or hands them to the
    keras-hub adapter (`tf_softprompt.hub`); int/float only with a static
@@ -57,7 +57,7 @@ import tensorflow as tf
 
 from tf_softprompt import keras2, layers
 from tf_softprompt.export import layout
-from tf_softprompt.export.prompt_table import PromptTable, insert_prompt_ids
+from tf_softprompt.export.prompt_table import MultiTaskPromptTable, insert_prompt_ids
 from tf_softprompt.export.text import TextEncoder
 
 TPU_ALIAS = "tpu_func"
@@ -157,11 +157,11 @@ def _prompt_table(layer, prompts, vocabulary, task, offset, tokenizer, specials)
         vocab = vocabulary
         if vocab is None and isinstance(layer, _EMBEDDING_LAYERS):
             vocab = _vocabulary(layer)
-        return PromptTable.from_arrays(
+        return MultiTaskPromptTable.from_arrays(
             {task: np.asarray(layer.prompt)}, vocab, offset=offset, method=layer.method
         )
     vocab = vocabulary if vocabulary is not None else _vocabulary(layer)
-    table = PromptTable.from_artifacts(prompts, vocab)
+    table = MultiTaskPromptTable.from_artifacts(prompts, vocab)
     if table.method != layer.method:
         raise ValueError(
             f"The prompts were trained with method={table.method!r}, but the "
@@ -204,7 +204,7 @@ def hub_prompt_table(model, prompts, task="default", offset=None):
                 "`prompts` were given. Pass prompt artifacts or call "
                 "`tf_softprompt.hub.enable_prompt_tuning` first."
             )
-        table = PromptTable.from_arrays(
+        table = MultiTaskPromptTable.from_arrays(
             {task: np.asarray(handle.prompt)},
             np.asarray(handle.vocabulary),
             offset=handle.offset,
@@ -212,7 +212,7 @@ def hub_prompt_table(model, prompts, task="default", offset=None):
         )
         return handle, table, backbone
     vocabulary = handle.vocabulary if handle else backbone.token_embedding.embeddings
-    table = PromptTable.from_artifacts(prompts, np.asarray(vocabulary))
+    table = MultiTaskPromptTable.from_artifacts(prompts, np.asarray(vocabulary))
     if offset is not None:
         table = dataclasses.replace(table, offset=int(offset))
     return handle, table, backbone

@@ -13,7 +13,7 @@ Every prompt must come from the same base: its artifact's
 
 Example:
 ```python
-table = PromptTable.from_artifacts(
+table = MultiTaskPromptTable.from_artifacts(
     {"sst2": "sst2.prompt.npz", "topic": "topic.prompt.npz"}, vocabulary
 )
 index = table.task_index(tf.constant(["topic", "sst2"]))  # [1, 0]
@@ -30,7 +30,7 @@ from tf_softprompt import artifact, ops
 
 
 @dataclasses.dataclass(frozen=True)
-class PromptTable:
+class MultiTaskPromptTable:
     """K task prompts for one base, padded into `[K * Pmax, H]`.
 
     Attributes:

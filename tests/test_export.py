@@ -21,7 +21,7 @@ import tf_keras
 from tf_softprompt import PromptEmbedding, PromptPrepend, hub, keras2
 from tf_softprompt.export import (
     TPU_ALIAS,
-    PromptTable,
+    MultiTaskPromptTable,
     export_model,
     read_warmup_requests,
 )
@@ -531,7 +531,7 @@ def test_prompts_trained_on_another_base_fail_on_the_fingerprint(setup, tmp_path
 
 def test_prompt_table_pads_shorter_prompts_and_masks_them(setup):
     vocabulary = setup["base"].embedding.embeddings.numpy()
-    table = PromptTable.from_artifacts(setup["artifacts"], vocabulary)
+    table = MultiTaskPromptTable.from_artifacts(setup["artifacts"], vocabulary)
     assert table.tasks == ("sst", "imdb", "news")
     assert table.lengths == (4, 2, 3)
     assert table.table.shape == (12, H)
@@ -552,4 +552,4 @@ def test_duplicate_task_names_are_refused(setup):
     vocabulary = setup["base"].embedding.embeddings.numpy()
     path = setup["artifacts"]["sst"]
     with pytest.raises(ValueError, match="must be unique"):
-        PromptTable.from_artifacts([path, path], vocabulary)
+        MultiTaskPromptTable.from_artifacts([path, path], vocabulary)
