@@ -12,8 +12,9 @@ Two further prompt variants are measured, each reported under its own key:
 `prompt-recompute` is the opt-in `Trainer(recompute=True)`.
 
 Each variant runs in its own child process, so peak RSS (`ru_maxrss`) is
-measured separately; the time ratio comes from a third child that
-interleaves the two steps, so load from other processes hits both alike.
+measured separately; the time ratios come from one more child that
+interleaves the steps of every variant, so load from other processes hits
+them alike.
 Prints one JSON line last with:
 
 - `time_ratio`: median over rounds of (prompt step time / full step time),

@@ -458,7 +458,14 @@ def _endpoint_function(archive, name):
     return getattr(holder, name)
 
 
-def _warmup_inputs(stages, texts, table, multi_task):
+def warmup_inputs(stages, texts, table):
+    """Warmup requests for both signatures, one per text.
+
+    With several tasks in `table`, requests cycle through the tasks, so
+    every task's rows are exercised. Shared by the classifier and the
+    causal-LM exporters.
+    """
+    multi_task = table is not None and len(table.tasks) > 1
     text = tf.constant(list(texts))
     # In graph mode, as when serving (eager keras-hub tokenizers return lists).
     token_ids, padding_mask = tf.function(stages.encode)(text)
@@ -560,7 +567,7 @@ def export_model(
 
     # Encoding the warmup texts eagerly also builds a keras-hub tokenizer,
     # which the archive must track (it may own lookup tables).
-    warmup = _warmup_inputs(stages, warmup_texts, table, multi_task)
+    warmup = warmup_inputs(stages, warmup_texts, table)
     archive = _archive_class(model)()
     archive.track(serving_model)
     if getattr(tokenizer, "built", False):

@@ -28,7 +28,6 @@ export_causal_lm(lm, "models/writer", 1, sequence_length=64)
 import json
 import os
 
-import numpy as np
 import tensorflow as tf
 
 from tf_softprompt.export import exporter, layout
@@ -120,23 +119,6 @@ def _endpoints(stages, table):
     }
 
 
-def _warmup(stages, table, texts):
-    text = tf.constant(list(texts))
-    token_ids, padding_mask = tf.function(stages.encode)(text)
-    tokens = {
-        "token_ids": token_ids.numpy(),
-        "padding_mask": tf.cast(padding_mask, tf.int32).numpy(),
-    }
-    default = {"text": text.numpy()}
-    if len(table.tasks) > 1:
-        k = len(table.tasks)
-        default["task"] = np.array(
-            [table.tasks[i % k] for i in range(len(texts))], dtype=object
-        )
-        tokens["task_id"] = np.array([i % k for i in range(len(texts))], np.int32)
-    return {"serving_default": default, "predict_tokens": tokens}
-
-
 def export_causal_lm(
     model,
     base_dir,
@@ -194,7 +176,7 @@ def export_causal_lm(
             "(a start token and one generated token)."
         )
     stages = _GenerationStages(handle, table, preprocessor, length)
-    warmup = _warmup(stages, table, warmup_texts)
+    warmup = exporter.warmup_inputs(stages, warmup_texts, table)
     previous = model.sampler
     model.sampler = keras_hub.samplers.get(sampler)
     try:

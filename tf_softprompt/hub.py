@@ -178,9 +178,11 @@ class _Layout:
 class _Extension:
     """How a batch was extended, to undo it on outputs (see `extend_inputs`)."""
 
-    def __init__(self, perm, extended_perm, offset, width, length, is_prompt):
-        self.perm = perm
-        self.extended_perm = extended_perm
+    def __init__(self, packing, extended_packing, offset, width, length, is_prompt):
+        # Each packing is (perm, unpack): `perm` packs rows (valid positions
+        # first) and `unpack`, its inverse, is where each position went.
+        self.perm, self.unpack = packing
+        self.extended_perm, self.extended_unpack = extended_packing
         self.offset = offset
         self.width = width
         self.length = length
@@ -193,9 +195,9 @@ class _Extension:
         Undoes the packing, removes the W prompt positions and returns the
         rows in the caller's original layout (left padding stays left).
         """
-        x = ops.gather_rows(x, ops.inverse_permutation(self.extended_perm))
+        x = ops.gather_rows(x, self.extended_unpack)
         x = tf.concat([x[:, : self.offset], x[:, self.offset + self.width :]], 1)
-        return ops.gather_rows(x, ops.inverse_permutation(self.perm))
+        return ops.gather_rows(x, self.unpack)
 
     def strip_generated(self, x):
         """`[B, W + T]` generated rows -> `[B, T]`, prompt slots removed.
@@ -423,13 +425,15 @@ class PromptTuning:
         prompt_mask = tf.cast(prompt_mask, tf.bool)
         self._check_length(length, width)
 
-        perm = ops.pack_permutation(mask)
+        unpack = ops.pack_destinations(mask)
+        perm = ops.inverse_permutation(unpack)
         packed_mask = ops.gather_rows(mask, perm)
         extended_mask = ops.insert_along_sequence(packed_mask, prompt_mask, self.offset)
         is_prompt = ops.insert_along_sequence(
             tf.zeros_like(packed_mask), prompt_mask, self.offset
         )
-        extended_perm = ops.pack_permutation(extended_mask)
+        extended_unpack = ops.pack_destinations(extended_mask)
+        extended_perm = ops.inverse_permutation(extended_unpack)
         extended = {
             "token_ids": ops.insert_along_sequence(
                 ops.gather_rows(token_ids, perm), prompt_ids, self.offset
@@ -445,8 +449,8 @@ class PromptTuning:
             )
         extended = {k: ops.gather_rows(v, extended_perm) for k, v in extended.items()}
         extension = _Extension(
-            perm,
-            extended_perm,
+            (perm, unpack),
+            (extended_perm, extended_unpack),
             self.offset,
             width,
             length,

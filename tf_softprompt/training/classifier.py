@@ -420,6 +420,26 @@ def _check_resume_config(directory, fingerprint):
     return path
 
 
+def _trainer(build, config, strategy, log_dir, verbose, **kwargs):
+    """A `Trainer` with the run's settings.
+
+    The prompt run and the baseline both come from here, so they always share
+    the seed, learning rate, batch size and compilation settings.
+    """
+    return Trainer(
+        build,
+        learning_rate=config.learning_rate,
+        global_batch_size=config.batch_size,
+        strategy=strategy,
+        seed=config.seed,
+        jit_compile=config.jit_compile,
+        recompute=config.recompute,
+        log_dir=log_dir,
+        verbose=verbose,
+        **kwargs,
+    )
+
+
 def train_classifier(config, *, strategy=None, callbacks=(), verbose=1):
     """Prompt-tune, evaluate, run the baseline and write the artifacts.
 
@@ -474,17 +494,13 @@ def train_classifier(config, *, strategy=None, callbacks=(), verbose=1):
     config_path = _check_resume_config(checkpoints, fingerprint)
     if chief:
         write_json(config_path, fingerprint)
-    trainer = Trainer(
+    trainer = _trainer(
         build_prompted,
-        learning_rate=config.learning_rate,
-        global_batch_size=config.batch_size,
-        strategy=strategy,
-        seed=config.seed,
-        jit_compile=config.jit_compile,
-        recompute=config.recompute,
+        config,
+        strategy,
+        os.path.join(out, LOG_DIR, "prompt"),
+        verbose,
         checkpoint_dir=checkpoints,
-        log_dir=os.path.join(out, LOG_DIR, "prompt"),
-        verbose=verbose,
     )
     started = time.perf_counter()
     result = trainer.fit(
@@ -584,16 +600,8 @@ def _train_baseline(
 
     if verbose:
         print("Baseline: the same frozen model and head, without a prompt")
-    trainer = Trainer(
-        build_frozen,
-        learning_rate=config.learning_rate,
-        global_batch_size=config.batch_size,
-        strategy=strategy,
-        seed=config.seed,
-        jit_compile=config.jit_compile,
-        recompute=config.recompute,
-        log_dir=os.path.join(out, LOG_DIR, "baseline"),
-        verbose=verbose,
+    trainer = _trainer(
+        build_frozen, config, strategy, os.path.join(out, LOG_DIR, "baseline"), verbose
     )
     started = time.perf_counter()
     result = trainer.fit(dataset_fn, epochs=config.epochs, steps_per_epoch=spe)
