@@ -195,8 +195,7 @@ def hub_prompt_table(model, prompts, task="default", offset=None):
     from tf_softprompt import hub
 
     handle = hub.get_prompt_tuning(model)
-    backbone = model if isinstance(model, hub.keras_hub.models.Backbone) else None
-    backbone = backbone or model.backbone
+    backbone = getattr(model, "backbone", model)
     if prompts is None:
         if handle is None:
             raise ValueError(
@@ -205,10 +204,10 @@ def hub_prompt_table(model, prompts, task="default", offset=None):
                 "`tf_softprompt.hub.enable_prompt_tuning` first."
             )
         table = MultiTaskPromptTable.from_arrays(
-            {task: np.asarray(handle.prompt)},
+            {task: handle.prompt_values()},
             np.asarray(handle.vocabulary),
             offset=handle.offset,
-            method=handle.method,
+            method=handle.method.name,
         )
         return handle, table, backbone
     vocabulary = handle.vocabulary if handle else backbone.token_embedding.embeddings
@@ -230,7 +229,7 @@ def fit_prompt_tuning(model, handle, table):
         handle = hub.enable_prompt_tuning(
             model, table.num_rows, offset=table.offset, method=table.method
         )
-    shape = (handle.num_prompt_tokens, handle.offset, handle.method)
+    shape = (handle.num_prompt_tokens, handle.offset, handle.method.name)
     if shape != (table.num_rows, table.offset, table.method):
         raise ValueError(
             "The model's prompt tuning does not fit the prompts: it has "
@@ -239,7 +238,7 @@ def fit_prompt_tuning(model, handle, table):
             f"tasks x {table.max_length} rows). Export a model without prompt "
             "tuning enabled and the exporter enables it to fit."
         )
-    handle.prompt.assign(table.table)
+    handle.assign_prompt(table.table)
     return handle
 
 

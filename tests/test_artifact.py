@@ -25,7 +25,7 @@ def saved(tmp_path):
 def test_round_trip_keeps_values_and_metadata(saved):
     values, meta = artifact.load_prompt(saved, W)
     np.testing.assert_array_equal(values, PROMPT)
-    assert meta["format"] == "tf-softprompt/1"
+    assert meta["format"] == "tf-softprompt/2"
     assert (meta["num_prompt_tokens"], meta["hidden_dim"], meta["vocab_size"]) == (
         P,
         H,
@@ -54,6 +54,42 @@ def test_fingerprint_depends_on_values_and_shape():
     assert artifact.vocab_fingerprint(changed) != artifact.vocab_fingerprint(W)
     reshaped = W.reshape(V * 2, H // 2)
     assert artifact.vocab_fingerprint(reshaped) != artifact.vocab_fingerprint(W)
+
+
+def test_fingerprints_follow_their_documented_definitions():
+    # Computed here from the README's definition, not by the code under test.
+    import hashlib
+
+    digest = hashlib.sha256(b"[30, 4]" + W.astype("<f4").tobytes()).hexdigest()
+    assert artifact.vocab_fingerprint(W) == "sha256:" + digest
+    a, b = W[:2], PROMPT
+    parts = b"".join(
+        name.encode() + b"\0" + shape + b"\0" + array.astype("<f4").tobytes()
+        for name, shape, array in (("a/w", b"[2, 4]", a), ("b/w", b"[3, 4]", b))
+    )
+    expected = "sha256:" + hashlib.sha256(parts).hexdigest()
+    assert artifact.weights_fingerprint([("b/w", b), ("a/w", a)]) == expected
+
+
+def test_a_format_1_file_still_loads(tmp_path):
+    # What tf-softprompt 0.1 wrote: no "shape" key, format tf-softprompt/1.
+    old = {
+        "format": "tf-softprompt/1",
+        "method": "embedding",
+        "num_prompt_tokens": P,
+        "hidden_dim": H,
+        "vocab_size": V,
+        "dtype": "float32",
+        "initializer": "uniform",
+        "task": "old",
+        "offset": 1,
+        "vocab_fingerprint": artifact.vocab_fingerprint(W),
+    }
+    path = str(tmp_path / "old.prompt.npz")
+    np.savez(path, prompt=PROMPT, metadata=np.array(json.dumps(old)))
+    values, meta = artifact.load_prompt(path, W)
+    np.testing.assert_array_equal(values, PROMPT)
+    assert meta["shape"] == [P, H] and meta["task"] == "old"
 
 
 def test_mismatched_hidden_size_names_both_values(saved):

@@ -172,7 +172,7 @@ def test_info_prints_run_prompt_and_metrics_as_json(run):
     assert info["run"]["labels"] == ["bad", "good"]
     prompt = info["prompt"]
     assert (prompt["num_prompt_tokens"], prompt["hidden_dim"]) == (3, 16)
-    assert prompt["offset"] == 1 and prompt["format"] == "tf-softprompt/1"
+    assert prompt["offset"] == 1 and prompt["format"] == "tf-softprompt/2"
     code, stdout, _ = run_cli(["info", os.path.join(out, "prompt.npz")])
     assert json.loads(stdout) == {"prompt": prompt}
 

@@ -125,7 +125,7 @@ def test_unsupported_models_raise_naming_the_class():
         hub.enable_prompt_tuning(bart, 2)
     backbone = build_backbone("gpt2")
     with pytest.raises(ValueError, match="method"):
-        hub.enable_prompt_tuning(backbone, 2, method="prefix")
+        hub.enable_prompt_tuning(backbone, 2, method="lora")
     hub.enable_prompt_tuning(backbone, 2)
     with pytest.raises(ValueError, match="already enabled"):
         hub.enable_prompt_tuning(backbone, 2)

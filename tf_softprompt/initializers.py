@@ -168,12 +168,13 @@ def from_label_words(vocabulary, words, tokenize, fallback=None):
 
 
 def from_array(array):
-    """Rows copied from a `[P, H]` array; the shape is checked on use."""
+    """Values copied from an array (`[P, H]`, or a prefix's
+    `[L, 2, P, kv_heads, head_dim]`); the shape is checked on use."""
     values = np.asarray(_as_numpy(array), dtype=np.float32)
-    if values.ndim != 2:
+    if values.ndim < 2:
         raise ValueError(
-            f"`array` must be [num_prompt_tokens, hidden_dim]. Received: "
-            f"shape={list(values.shape)}."
+            "`array` must be [num_prompt_tokens, hidden_dim] or a prefix's "
+            f"[L, 2, P, kv_heads, head_dim]. Received: shape={list(values.shape)}."
         )
 
     def init(shape, dtype=None):

@@ -339,8 +339,8 @@ def read_json(path, what):
 
 def head_variables(model, handle):
     """The trainable variables other than the prompt: the task head."""
-    prompt = _variable_id(handle.prompt)
-    return [v for v in model.trainable_variables if _variable_id(v) != prompt]
+    prompt = {_variable_id(v) for v in handle.table.trainable_variables}
+    return [v for v in model.trainable_variables if _variable_id(v) not in prompt]
 
 
 def _variable_id(variable):
