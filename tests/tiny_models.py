@@ -33,7 +33,11 @@ def build_backbone(kind, seed=0, num_layers=2, **overrides):
         )
     if kind == "llama":
         return keras_hub.models.LlamaBackbone(
-            num_query_heads=4, num_key_value_heads=2, hidden_dim=H, **common, **overrides
+            num_query_heads=4,
+            num_key_value_heads=2,
+            hidden_dim=H,
+            **common,
+            **overrides,
         )
     if kind == "bert":
         return keras_hub.models.BertBackbone(
