@@ -54,11 +54,20 @@ def _with(variables, added):
     return variables + _without(added, variables)
 
 
-def _initializer_config(initializer):
-    # Closures from `tf_softprompt.initializers` are not serialisable; the
-    # prompt's values travel with the weights, so a re-created layer only
-    # needs some initialiser to build with.
-    return initializer if isinstance(initializer, str) else "uniform"
+def _initializer_config(layer, vocabulary_available):
+    """`layer.prompt_initializer` as a config, or a clear error on save.
+
+    The config keeps the initialiser's arguments, so a re-created layer
+    builds the same starting prompt (see `tf_softprompt.initializers`).
+    """
+    try:
+        return initializers.serialize(
+            layer.prompt_initializer, vocabulary_available=vocabulary_available
+        )
+    except ValueError as error:
+        raise ValueError(
+            f"Layer {layer.name!r} cannot save its `prompt_initializer`. {error}"
+        ) from error
 
 
 class PromptWeightsMixin:
@@ -187,7 +196,14 @@ class PromptEmbeddingMixin(PromptWeightsMixin):
             mask_zero = bool(getattr(embedding, "mask_zero", False))
         self.mask_zero = mask_zero
         self.validate_ids = validate_ids
-        self.prompt_initializer = initializers.get(prompt_initializer)
+        # A config of a vocabulary-based initialiser (from `from_config`)
+        # reads this layer's own matrix when the prompt is built.
+        self.prompt_initializer = initializers.get(
+            prompt_initializer, vocabulary=self._read_vocabulary
+        )
+
+    def _read_vocabulary(self):
+        return self.embedding.embeddings
 
     @classmethod
     def from_matrix(cls, matrix, num_prompt_tokens, mask_zero=False, **kwargs):
@@ -306,7 +322,7 @@ class PromptEmbeddingMixin(PromptWeightsMixin):
             {
                 "num_prompt_tokens": self.num_prompt_tokens,
                 "embedding": self._serialize(self.embedding),
-                "prompt_initializer": _initializer_config(self.prompt_initializer),
+                "prompt_initializer": _initializer_config(self, True),
                 "mask_zero": self.mask_zero,
                 "validate_ids": self.validate_ids,
             }
@@ -370,7 +386,8 @@ class PromptPrependMixin(PromptWeightsMixin):
             {
                 "num_prompt_tokens": self.num_prompt_tokens,
                 "offset": self.offset,
-                "prompt_initializer": _initializer_config(self.prompt_initializer),
+                # No vocabulary here: a vocabulary-based initialiser raises.
+                "prompt_initializer": _initializer_config(self, False),
             }
         )
         return config
