@@ -340,10 +340,13 @@ def masked_model(flavour):
 
 def test_mask_reaching_downstream_layers_is_extended(masked_model):
     model, probe = masked_model
-    model(np.array([[1, 5, 9, 0, 0], [1, 3, 0, 0, 0]], "int32"))
+    # The last row's first position is masked: only there does the mask
+    # show that the P `True`s go in at offset 1, not 0.
+    model(np.array([[1, 5, 9, 0, 0], [1, 3, 0, 0, 0], [0, 4, 0, 0, 0]], "int32"))
     assert np.asarray(probe.seen_mask).tolist() == [
         [True, True, True, True, True, True, False, False],
         [True, True, True, True, True, False, False, False],
+        [False, True, True, True, True, False, False, False],
     ]
 
 
