@@ -214,7 +214,7 @@ def test_a_rebuilt_vocabulary_initializer_reads_the_vocabulary_it_is_given():
 
 
 def test_uniform_is_u_half_not_keras_uniform():
-    """ "uniform" here is U(-0.5, 0.5); Keras' "uniform" is U(-0.05, 0.05)."""
+    """Our "uniform" is U(-0.5, 0.5); Keras' "uniform" is U(-0.05, 0.05)."""
     values = initializers.get("uniform")((200, H)).numpy()
     assert values.min() >= -0.5 and values.max() <= 0.5
     assert np.abs(values).max() > 0.45

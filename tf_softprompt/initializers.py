@@ -404,7 +404,7 @@ def from_array(array):
 
 
 def _keras_flavour(initializer):
-    """ "keras" / "tf_keras" for a Keras initializer object, else None."""
+    """The flavour ("keras" or "tf_keras") of a Keras initializer, else None."""
     for flavour in ("keras", "tf_keras"):
         module = sys.modules.get(flavour)
         if module is not None and isinstance(
