@@ -55,7 +55,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_softprompt import keras2, layers
+from tf_softprompt import initializers, keras2, layers
 from tf_softprompt.export import layout
 from tf_softprompt.export.prompt_table import MultiTaskPromptTable, insert_prompt_ids
 from tf_softprompt.export.text import TextEncoder
@@ -132,9 +132,15 @@ def _table_model(model, layer, table):
                 f"`PromptPrepend` ({layer.name}). Export one task per model, or "
                 "build the model with `PromptEmbedding`."
             )
-        config = layer.get_config()
-        config["name"] = f"{layer.name}_exported"
-        new = type(layer).from_config(config)
+        # Not through get_config: it refuses a vocabulary-based initialiser,
+        # which a PromptPrepend cannot rebuild; the table is the prompt here.
+        new = type(layer)(
+            layer.num_prompt_tokens,
+            offset=layer.offset,
+            prompt_initializer=initializers.from_array(table.table),
+            name=f"{layer.name}_exported",
+            dtype=layer.dtype_policy,
+        )
         new.build((None, None, int(layer.prompt.shape[1])))
     new.prompt.assign(table.table)
     return _clone_with(model, layer, new)

@@ -1,5 +1,7 @@
 """Prompt initialisers (`tf_softprompt.initializers`), checked row by row."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -124,3 +126,123 @@ def test_get_resolves_names_and_callables():
     assert initializers.get(normal) is normal
     with pytest.raises(ValueError, match="'zeros_please'"):
         initializers.get("zeros_please")
+
+
+# Configs: serialize / get ---------------------------------------------------
+
+PIECES = {"great": [5], "terrible": [6, 7]}
+
+
+def _every_kind():
+    import tf_keras
+
+    return {
+        "uniform": initializers.uniform(scale=0.3, seed=1),
+        "sample": initializers.from_sample_of_embeddings(W, population_size=6, seed=2),
+        "token_ids": initializers.from_token_ids(
+            W, [3, [4, 7]], fallback=initializers.uniform(seed=4)
+        ),
+        "label_words": initializers.from_label_words(
+            W,
+            ["great", "terrible"],
+            PIECES.get,
+            fallback=initializers.from_sample_of_embeddings(W, seed=9),
+        ),
+        "array": initializers.from_array(W[:P] * 3),
+        "keras": keras.initializers.RandomNormal(stddev=0.2, seed=1),
+        "tf_keras": tf_keras.initializers.RandomNormal(stddev=0.2, seed=1),
+    }
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["uniform", "sample", "token_ids", "label_words", "array", "keras", "tf_keras"],
+)
+def test_every_config_is_json_and_rebuilds_the_same_values(kind):
+    init = _every_kind()[kind]
+    config = json.loads(json.dumps(initializers.serialize(init)))
+    again = initializers.get(config, vocabulary=W)
+    assert again is not init
+    np.testing.assert_array_equal(np.asarray(again((P, H))), np.asarray(init((P, H))))
+    assert initializers.serialize(again) == config
+    assert initializers.describe(again) == initializers.describe(init)
+
+
+def test_configs_record_every_argument_but_never_the_vocabulary():
+    sample = initializers.from_sample_of_embeddings(W, population_size=6, seed=2)
+    assert initializers.serialize(sample) == {
+        "name": "from_sample_of_embeddings",
+        "args": {"population_size": 6, "seed": 2},
+    }
+    words = initializers.from_label_words(
+        W, ["great", "terrible"], PIECES.get, fallback=sample
+    )
+    # Label words are recorded with their token-id groups: no tokenizer needed.
+    assert initializers.serialize(words) == {
+        "name": "from_label_words",
+        "args": {
+            "words": ["great", "terrible"],
+            "token_ids": [[5], [6, 7]],
+            "fallback": initializers.serialize(sample),
+        },
+    }
+    array = np.arange(P * H, dtype="float32").reshape(P, H) / 7
+    config = initializers.serialize(initializers.from_array(array))
+    np.testing.assert_array_equal(np.array(config["args"]["array"], "float32"), array)
+    assert initializers.serialize("uniform") == {
+        "name": "uniform",
+        "args": {"scale": 0.5, "seed": None},
+    }
+
+
+def test_a_rebuilt_vocabulary_initializer_reads_the_vocabulary_it_is_given():
+    config = initializers.serialize(
+        initializers.from_token_ids(W, [3, [4, 7]], fallback=initializers.uniform())
+    )
+    doubled = initializers.get(config, vocabulary=2 * W)((2, H)).numpy()
+    np.testing.assert_allclose(doubled, [2 * W[3], W[4] + W[7]], rtol=1e-6)
+    # A callable vocabulary is read when the initialiser runs, not before
+    # (a layer rebuilt from its config has no built embedding yet).
+    holder = []
+    lazy = initializers.get(config, vocabulary=lambda: holder[0])
+    holder.append(-W)
+    np.testing.assert_allclose(lazy((2, H)).numpy()[0], -W[3])
+    # Ids are checked against the vocabulary actually supplied.
+    small = initializers.get(config, vocabulary=lambda: W[:5])
+    with pytest.raises(ValueError, match=r"\[7\] are outside .*\[0, 5\)"):
+        small((2, H))
+
+
+def test_uniform_is_u_half_not_keras_uniform():
+    """Our "uniform" is U(-0.5, 0.5); Keras' "uniform" is U(-0.05, 0.05)."""
+    values = initializers.get("uniform")((200, H)).numpy()
+    assert values.min() >= -0.5 and values.max() <= 0.5
+    assert np.abs(values).max() > 0.45
+
+
+def test_config_errors_name_the_problem_and_the_fix():
+    config = initializers.serialize(initializers.from_sample_of_embeddings(W))
+    with pytest.raises(ValueError, match=r"'from_sample_of_embeddings'.*vocabulary="):
+        initializers.get(config)
+    unknown = r"name among \[.*'from_array'.*Received: {'name': 'ones'"
+    with pytest.raises(ValueError, match=unknown):
+        initializers.get({"name": "ones", "args": {}})
+    with pytest.raises(ValueError, match="seed=1.5"):
+        initializers.uniform(seed=1.5)
+    # Where no vocabulary can be supplied, only vocabulary-free ones save.
+    assert initializers.serialize(
+        initializers.from_array(W[:P]), vocabulary_available=False
+    ) == initializers.serialize(initializers.from_array(W[:P]))
+    kinds = _every_kind()
+    for kind in ("sample", "token_ids", "label_words"):
+        with pytest.raises(ValueError, match=r"reads the \[V, H\].*from_array\(init"):
+            initializers.serialize(kinds[kind], vocabulary_available=False)
+
+    def custom(shape, dtype=None):
+        return np.zeros(shape)
+
+    with pytest.raises(ValueError, match=r"custom.*cannot be saved.*from_array"):
+        initializers.serialize(custom)
+    # A recorded initialiser with an unrecorded fallback fails on save too.
+    with pytest.raises(ValueError, match=r"custom.*cannot be saved"):
+        initializers.serialize(initializers.from_token_ids(W, [1], fallback=custom))

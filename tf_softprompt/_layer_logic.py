@@ -11,28 +11,7 @@ only names its base `Layer` class, its `Embedding` class and its
 import tensorflow as tf
 
 from tf_softprompt import artifact, initializers, ops
-
-
-def _check_num_prompt_tokens(num_prompt_tokens):
-    if (
-        isinstance(num_prompt_tokens, bool)
-        or not isinstance(num_prompt_tokens, int)
-        or num_prompt_tokens <= 0
-    ):
-        raise ValueError(
-            "`num_prompt_tokens` must be a positive integer, the number of "
-            f"prompt vectors P. Received: num_prompt_tokens={num_prompt_tokens!r}"
-        )
-    return num_prompt_tokens
-
-
-def _check_offset(offset):
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise ValueError(
-            "`offset` must be a non-negative integer: 0 puts the prompt first, "
-            f"1 after [CLS]/BOS. Received: offset={offset!r}"
-        )
-    return offset
+from tf_softprompt.validation import check_num_prompt_tokens, check_offset
 
 
 def _base_property(obj, owner, name):
@@ -54,11 +33,20 @@ def _with(variables, added):
     return variables + _without(added, variables)
 
 
-def _initializer_config(initializer):
-    # Closures from `tf_softprompt.initializers` are not serialisable; the
-    # prompt's values travel with the weights, so a re-created layer only
-    # needs some initialiser to build with.
-    return initializer if isinstance(initializer, str) else "uniform"
+def _initializer_config(layer, vocabulary_available):
+    """`layer.prompt_initializer` as a config, or a clear error on save.
+
+    The config keeps the initialiser's arguments, so a re-created layer
+    builds the same starting prompt (see `tf_softprompt.initializers`).
+    """
+    try:
+        return initializers.serialize(
+            layer.prompt_initializer, vocabulary_available=vocabulary_available
+        )
+    except ValueError as error:
+        raise ValueError(
+            f"Layer {layer.name!r} cannot save its `prompt_initializer`. {error}"
+        ) from error
 
 
 class PromptWeightsMixin:
@@ -164,7 +152,7 @@ class PromptEmbeddingMixin(PromptWeightsMixin):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.num_prompt_tokens = _check_num_prompt_tokens(num_prompt_tokens)
+        self.num_prompt_tokens = check_num_prompt_tokens(num_prompt_tokens)
         if isinstance(embedding, dict):
             embedding = self._deserialize(embedding)
         if embedding is None:
@@ -187,7 +175,14 @@ class PromptEmbeddingMixin(PromptWeightsMixin):
             mask_zero = bool(getattr(embedding, "mask_zero", False))
         self.mask_zero = mask_zero
         self.validate_ids = validate_ids
-        self.prompt_initializer = initializers.get(prompt_initializer)
+        # A config of a vocabulary-based initialiser (from `from_config`)
+        # reads this layer's own matrix when the prompt is built.
+        self.prompt_initializer = initializers.get(
+            prompt_initializer, vocabulary=self._read_vocabulary
+        )
+
+    def _read_vocabulary(self):
+        return self.embedding.embeddings
 
     @classmethod
     def from_matrix(cls, matrix, num_prompt_tokens, mask_zero=False, **kwargs):
@@ -306,7 +301,7 @@ class PromptEmbeddingMixin(PromptWeightsMixin):
             {
                 "num_prompt_tokens": self.num_prompt_tokens,
                 "embedding": self._serialize(self.embedding),
-                "prompt_initializer": _initializer_config(self.prompt_initializer),
+                "prompt_initializer": _initializer_config(self, True),
                 "mask_zero": self.mask_zero,
                 "validate_ids": self.validate_ids,
             }
@@ -328,8 +323,8 @@ class PromptPrependMixin(PromptWeightsMixin):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.num_prompt_tokens = _check_num_prompt_tokens(num_prompt_tokens)
-        self.offset = _check_offset(offset)
+        self.num_prompt_tokens = check_num_prompt_tokens(num_prompt_tokens)
+        self.offset = check_offset(offset)
         self.prompt_initializer = initializers.get(prompt_initializer)
         self.supports_masking = True
 
@@ -370,7 +365,8 @@ class PromptPrependMixin(PromptWeightsMixin):
             {
                 "num_prompt_tokens": self.num_prompt_tokens,
                 "offset": self.offset,
-                "prompt_initializer": _initializer_config(self.prompt_initializer),
+                # No vocabulary here: a vocabulary-based initialiser raises.
+                "prompt_initializer": _initializer_config(self, False),
             }
         )
         return config

@@ -32,8 +32,9 @@ class PromptEmbedding(PromptEmbeddingMixin, tf_keras.layers.Layer):
         embedding: an existing `tf_keras.layers.Embedding` to wrap (shared and
             frozen), or `None` to make one from `input_dim` and `output_dim`.
         input_dim: int, V. output_dim: int, H.
-        prompt_initializer: `"uniform"` or a `tf_softprompt.initializers`
-            initialiser.
+        prompt_initializer: `"uniform"` (U(-0.5, 0.5)), a
+            `tf_softprompt.initializers` initialiser, a tf-keras initializer,
+            or such a config; saved with its arguments.
         mask_zero: bool, as in `Embedding`; virtual tokens are never masked.
         validate_ids: bool, assert the id range at run time.
 
@@ -59,8 +60,10 @@ class PromptPrepend(PromptPrependMixin, tf_keras.layers.Layer):
     Args:
         num_prompt_tokens: int, P.
         offset: int, 0 = first, 1 = after [CLS]/BOS.
-        prompt_initializer: `"uniform"` or a `tf_softprompt.initializers`
-            initialiser.
+        prompt_initializer: `"uniform"` (U(-0.5, 0.5)), a
+            `tf_softprompt.initializers` initialiser or a tf-keras
+            initializer; a vocabulary-based one cannot be saved (see
+            `tf_softprompt.layers.PromptPrepend`).
 
     Call arguments:
         inputs: float tensor `(batch_size, sequence_length, hidden_dim)`.

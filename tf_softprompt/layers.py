@@ -102,8 +102,11 @@ class PromptEmbedding(_SymbolicMaskMixin, PromptEmbeddingMixin, keras.layers.Lay
             If `None`, a new frozen `Embedding(input_dim, output_dim)` is made.
         input_dim: int, V; only when `embedding` is `None`.
         output_dim: int, H; only when `embedding` is `None`.
-        prompt_initializer: `"uniform"` or an initialiser from
-            `tf_softprompt.initializers`.
+        prompt_initializer: `"uniform"` (U(-0.5, 0.5), not Keras'
+            U(-0.05, 0.05)), an initialiser from `tf_softprompt.initializers`
+            (its config keeps its arguments; a vocabulary-based one reads
+            this layer's vocabulary when rebuilt), a Keras initializer, or
+            such a config. `get_config` raises for any other callable.
         mask_zero: bool, as in `keras.layers.Embedding`; defaults to the
             wrapped layer's. Virtual tokens are never masked.
         validate_ids: bool, assert the id range at run time (default True).
@@ -146,8 +149,12 @@ class PromptPrepend(_SymbolicMaskMixin, PromptPrependMixin, keras.layers.Layer):
     Args:
         num_prompt_tokens: int, P.
         offset: int, 0 puts the prompt first, 1 after [CLS]/BOS.
-        prompt_initializer: `"uniform"` or an initialiser from
-            `tf_softprompt.initializers`.
+        prompt_initializer: `"uniform"` (U(-0.5, 0.5)), an initialiser from
+            `tf_softprompt.initializers` or a Keras initializer (or such a
+            config). The layer holds no vocabulary, so `get_config` (and
+            saving) raises for `from_sample_of_embeddings`, `from_token_ids`
+            and `from_label_words`, naming the fix: pass
+            `from_array(init((P, H)))`, the same values.
         **kwargs: passed to `keras.layers.Layer`.
 
     Call arguments:

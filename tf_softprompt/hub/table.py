@@ -186,7 +186,9 @@ class PromptTable(keras.layers.Layer):
                 "shape": list(self.shape),
                 "method": self.method,
                 "offset": self.offset,
-                "prompt_initializer": initializers.serialize(self.prompt_initializer),
+                "prompt_initializer": initializers.serialize(
+                    self.prompt_initializer, vocabulary_available=False
+                ),
                 "reparameterization": None
                 if self.reparameterization is None
                 else {
@@ -194,7 +196,7 @@ class PromptTable(keras.layers.Layer):
                     "embedding_dim": self.reparameterization.embedding_dim,
                 },
                 "embedding_initializer": initializers.serialize(
-                    self.embedding_initializer
+                    self.embedding_initializer, vocabulary_available=False
                 ),
             }
         )
@@ -205,7 +207,7 @@ def resolve_initializer(initializer, capture):
     """A plain initialiser, running `capture(token_ids)` for a
     `KeyValueInitializer` (whose values come from the model)."""
     if isinstance(initializer, KeyValueInitializer):
-        init = initializers.from_array(capture(initializer.token_ids))
-        init.description = initializer.description
-        return init
+        return initializers.from_array(
+            capture(initializer.token_ids), description=initializer.description
+        )
     return initializer
