@@ -6,13 +6,15 @@ offset; `prompt.npz` is the prompt and `head.weights.npz` the classifier
 head. The keras-hub `TextClassifier` is rebuilt from the base preset.
 
 - One run: the tuned model (base + prompt + head) is exported as is.
-- Several runs on the same base and labels: one SavedModel serves them all;
-  the `task` input picks each example's prompt (a padded table) and, when
-  the runs' heads differ, its head. Task names are the runs' task names
-  (`--task` renames them, in order).
+- Several runs on the same base, method and offset: one SavedModel serves
+  them all; the `task` input picks each example's prompt (a padded table),
+  its classifier head and its label names (runs may have different labels
+  and class counts). Task names are the runs' task names (`--task` renames
+  them, in order).
 
-Text positions equal the run's `sequence_length`, so serving truncates
-texts exactly as training did; the prompt is added on top.
+Text positions equal the run's `sequence_length` (the longest, for several
+runs), so serving truncates texts as training did; prompt slots (forms 1
+and 2) are added on top.
 
 Example:
 ```
@@ -68,13 +70,16 @@ def _read_run(run_dir):
 def _check_same_base(runs, dirs):
     first = runs[0]
     for run, run_dir in zip(runs[1:], dirs[1:]):
-        for key in ("labels", "sequence_length", "offset", "method"):
-            if run.get(key) != first.get(key):
+        for key in ("method", "offset"):
+            if run.get(key, "embedding" if key == "method" else None) != first.get(
+                key, "embedding" if key == "method" else None
+            ):
                 raise ValueError(
                     f"{run_dir} has {key}={run.get(key)!r} but {dirs[0]} has "
-                    f"{first.get(key)!r}. Runs exported together must share "
-                    "labels, sequence length, offset and method; their prompts "
-                    "must come from one base (vocabulary fingerprints are checked)."
+                    f"{first.get(key)!r}. Runs exported together must share the "
+                    "method and the prompt offset (their prompts go into one "
+                    "table), and one base (the prompts' fingerprints are checked). "
+                    "Labels, heads, prompt lengths and sequence lengths may differ."
                 )
 
 
@@ -97,13 +102,15 @@ def _task_names(dirs, explicit):
 
 
 def _head_arrays(model, run_dir, run):
-    """`(kernel, bias)` of the run's `output_dense`, from head.weights.npz."""
+    """`(kernel, bias)` of the run's classifier head, from head.weights.npz."""
+    from tf_softprompt import hub
+
     path = os.path.join(run_dir, run["head"])
     with np.load(path, allow_pickle=False) as saved:
         arrays = {key: saved[key] for key in saved.files}
-    dense = model.output_dense
+    kernel, bias = hub.classifier_head(model)
     try:
-        return arrays[dense.kernel.path], arrays[dense.bias.path]
+        return arrays[kernel.path], arrays[bias.path]
     except KeyError as e:
         raise ValueError(
             f"{path} has no {e.args[0]!r}; saved: {sorted(arrays)}. It was "
@@ -111,8 +118,22 @@ def _head_arrays(model, run_dir, run):
         ) from None
 
 
+def _positions(run):
+    """Sequence positions a run's prompt takes (0 for a prefix)."""
+    from tf_softprompt import methods
+
+    method = methods.get(run.get("method", "embedding"))
+    return int(run["prompt_length"]) if method.uses_virtual_ids else 0
+
+
 def export_runs(run_dirs, out, version, tasks=None, model_name=None):
-    """Export trained run directories; returns the version directory."""
+    """Export trained run directories; returns the version directory.
+
+    One run exports the tuned model as is. Several runs on one base go into
+    one SavedModel: a padded prompt table, and one classifier head and label
+    list per task, picked per example by `task`. Text positions are the
+    longest `sequence_length` of the runs.
+    """
     from tf_softprompt.export import export_model
     from tf_softprompt.training import classifier
 
@@ -120,7 +141,6 @@ def export_runs(run_dirs, out, version, tasks=None, model_name=None):
     runs = [_read_run(d) for d in dirs]
     _check_same_base(runs, dirs)
     run = runs[0]
-    sequence_length = int(run["sequence_length"])
     if len(dirs) == 1:
         trained = classifier.load_trained(dirs[0])
         return export_model(
@@ -128,26 +148,34 @@ def export_runs(run_dirs, out, version, tasks=None, model_name=None):
             out,
             version,
             tokenizer=trained.preprocessor.tokenizer,
-            sequence_length=sequence_length + int(run["prompt_length"]),
+            sequence_length=int(run["sequence_length"]) + _positions(run),
             labels=run["labels"],
             task=(tasks or _task_names(dirs, None))[0],
             model_name=model_name,
         )
     names = _task_names(dirs, tasks)
+    sequence_length = max(int(r["sequence_length"]) for r in runs)
     preprocessor = classifier.load_preprocessor(run["model_path"], sequence_length)
-    model = classifier.load_classifier(run["model_path"], run["num_classes"])
-    heads = {name: _head_arrays(model, d, r) for name, d, r in zip(names, dirs, runs)}
+    models = {}
+    heads, labels = {}, {}
+    for name, d, r in zip(names, dirs, runs):
+        classes = int(r["num_classes"])
+        if classes not in models:
+            models[classes] = classifier.load_classifier(r["model_path"], classes)
+        heads[name] = _head_arrays(models[classes], d, r)
+        labels[name] = list(r["labels"])
+    model = models[int(run["num_classes"])]
     prompts = {name: os.path.join(d, "prompt.npz") for name, d in zip(names, dirs)}
-    longest = max(int(r["prompt_length"]) for r in runs)
+    longest = max(_positions(r) for r in runs)
     return export_model(
         model,
         out,
         version,
         tokenizer=preprocessor.tokenizer,
         sequence_length=sequence_length + longest,
-        labels=run["labels"],
+        labels=labels,
         prompts=prompts,
-        offset=int(run["offset"]),
+        offset=int(run["offset"]) if _positions(run) else None,
         heads=heads,
         model_name=model_name,
     )

@@ -482,12 +482,12 @@ def test_existing_version_is_never_overwritten(setup):
 
 
 def test_failed_export_leaves_no_version_and_no_temporary(setup, tmp_path, monkeypatch):
-    from tf_softprompt.export import exporter
+    from tf_softprompt.export import archive
 
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(exporter.layout, "write_warmup_requests", fail)
+    monkeypatch.setattr(archive.layout, "write_warmup_requests", fail)
     with pytest.raises(OSError, match="disk full"):
         export_model(
             setup["k2"],

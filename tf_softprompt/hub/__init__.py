@@ -54,6 +54,10 @@ handle.save_prompt("review.prompt.npz", task="review")
 from tf_softprompt.hub.adapter import (
     TESTED_KERAS_HUB_VERSIONS,
     UnsupportedModelError,
+    base_identity,
+    classifier_head,
+    is_causal_lm,
+    is_hub_model,
     transformer_layers,
 )
 from tf_softprompt.hub.enable import enable_prompt_tuning
@@ -65,7 +69,11 @@ __all__ = [
     "PromptTuning",
     "TESTED_KERAS_HUB_VERSIONS",
     "UnsupportedModelError",
+    "base_identity",
+    "classifier_head",
     "enable_prompt_tuning",
     "get_prompt_tuning",
+    "is_causal_lm",
+    "is_hub_model",
     "transformer_layers",
 ]

@@ -486,3 +486,32 @@ def classifier_head(model):
 def pooled_output(outputs):
     """The backbone output a classifier head reads ([CLS] pooled)."""
     return outputs["pooled_output"]
+
+
+def base_identity(model, method):
+    """What a prompt of `method` must match to load into `model`.
+
+    Works on a model with or without prompt tuning enabled.
+
+    Returns:
+        dict with `dims` (`ModelDims`), `dims_metadata`, `fingerprint_key`,
+        `fingerprint` and `vocab_size`.
+    """
+    from tf_softprompt.hub.handle import get_prompt_tuning
+
+    backbone, _ = split(model)
+    handle = get_prompt_tuning(model)
+    if handle is not None and handle.method is method:
+        dims, fingerprint = handle.dims, handle.fingerprint
+    else:
+        check_structure(model, backbone, method)
+        dims = model_dims(backbone, method)
+        exclude = handle.table.weights if handle is not None else ()
+        fingerprint = method.fingerprint(frozen_base(backbone, exclude))
+    return {
+        "dims": dims,
+        "dims_metadata": method.shape_metadata(dims),
+        "fingerprint_key": method.fingerprint_key,
+        "fingerprint": fingerprint,
+        "vocab_size": dims.vocab_size,
+    }

@@ -1,0 +1,229 @@
+"""One archive writer and one endpoint builder for every export kind.
+
+Each exporter (classifiers in `classifier`, causal LMs in `causal_lm`)
+supplies a *stages* object with three named stages:
+
+- `encode(text [B]) -> (token_ids [B, T] int32, padding_mask [B, T] bool)`:
+  the string ops, on CPU;
+- `run(token_ids, padding_mask, task_index) -> {name: numeric tensor}`:
+  the model stage, int/float only with a static T: what `predict_tokens`
+  returns and what the Cloud TPU converter takes (alias `tpu_func`);
+- `present(outputs, task_index) -> {name: tensor}`: `serving_default`'s
+  outputs, which may add strings (label names, decoded text).
+
+`endpoints` turns them into the two batch-major signatures, with a `task`
+(`task_id`) input when several tasks are served, and `write` saves them
+with the Keras `ExportArchive` (whose SavedModels load in TF Serving's C++
+session loader; a plain `tf.saved_model.save` of a Keras 3 model does not),
+the warmup requests and `assets.extra/tf_softprompt.json`, into a new
+version directory published atomically (`layout`).
+
+Example:
+```python
+signatures = endpoints(stages, text_length=28, table=table)
+write([model, tokenizer], "models/demo", 1, signatures, warmup, info)
+```
+"""
+
+import contextlib
+import inspect
+import io
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from tf_softprompt.export import layout
+
+TPU_ALIAS = "tpu_func"
+INFO_FILE = os.path.join("assets.extra", "tf_softprompt.json")
+SIGNATURES = ("serving_default", "predict_tokens")
+
+
+def is_multi_task(table):
+    return table is not None and len(table.tasks) > 1
+
+
+def endpoints(stages, text_length, table):
+    """`{name: (fn, input_signature)}` for `serving_default` and
+    `predict_tokens`.
+
+    Args:
+        stages: an object with `encode`, `run` and `present` (see above).
+        text_length: int T, the static token positions of `predict_tokens`.
+        table: the `MultiTaskPromptTable` (or `None`); several tasks add the
+            `task`/`task_id` inputs, checked in-graph.
+    """
+    ids_spec = tf.TensorSpec([None, text_length], tf.int32, name="token_ids")
+    mask_spec = tf.TensorSpec([None, text_length], tf.int32, name="padding_mask")
+    text_spec = tf.TensorSpec([None], tf.string, name="text")
+
+    def from_text(text, task_index):
+        token_ids, padding_mask = stages.encode(text)
+        outputs = stages.run(token_ids, padding_mask, task_index)
+        return stages.present(outputs, task_index)
+
+    def from_tokens(token_ids, padding_mask, task_index):
+        return stages.run(token_ids, tf.cast(padding_mask, tf.bool), task_index)
+
+    if is_multi_task(table):
+
+        def serving_default(text, task):
+            return from_text(text, table.task_index(task))
+
+        def predict_tokens(token_ids, padding_mask, task_id):
+            return from_tokens(token_ids, padding_mask, table.check_task_id(task_id))
+
+        return {
+            "serving_default": (
+                serving_default,
+                [text_spec, tf.TensorSpec([None], tf.string, name="task")],
+            ),
+            "predict_tokens": (
+                predict_tokens,
+                [ids_spec, mask_spec, tf.TensorSpec([None], tf.int32, name="task_id")],
+            ),
+        }
+
+    def zeros(x):
+        return tf.zeros(tf.shape(x)[:1], tf.int32)
+
+    def serving_default(text):  # noqa: F811 - one pair per mode
+        return from_text(text, zeros(text))
+
+    def predict_tokens(token_ids, padding_mask):  # noqa: F811
+        return from_tokens(token_ids, padding_mask, zeros(token_ids))
+
+    return {
+        "serving_default": (serving_default, [text_spec]),
+        "predict_tokens": (predict_tokens, [ids_spec, mask_spec]),
+    }
+
+
+def warmup_inputs(encode, texts, table):
+    """Warmup requests for both signatures, one per text.
+
+    With several tasks in `table`, requests cycle through the tasks, so
+    every task's rows are exercised.
+    """
+    text = tf.constant(list(texts))
+    # In graph mode, as when serving (eager keras-hub tokenizers return lists).
+    token_ids, padding_mask = tf.function(encode)(text)
+    tokens = {
+        "token_ids": token_ids.numpy(),
+        "padding_mask": tf.cast(padding_mask, tf.int32).numpy(),
+    }
+    default = {"text": text.numpy()}
+    if is_multi_task(table):
+        tasks = [table.tasks[i % len(table.tasks)] for i in range(len(texts))]
+        default["task"] = np.array(tasks, dtype=object)
+        tokens["task_id"] = np.array(
+            [i % len(table.tasks) for i in range(len(texts))], np.int32
+        )
+    return {"serving_default": default, "predict_tokens": tokens}
+
+
+def _archive_class(keras2):
+    if keras2:
+        from tf_keras.export import ExportArchive
+    else:
+        from keras.export import ExportArchive
+    return ExportArchive
+
+
+def _endpoint_function(archive, name):
+    # Keras 3 keeps endpoints on an inner trackable; tf-keras on itself.
+    holder = getattr(archive, "_tf_trackable", archive)
+    return getattr(holder, name)
+
+
+def _write_out(archive, path, options):
+    if "verbose" in inspect.signature(archive.write_out).parameters:
+        archive.write_out(path, options=options, verbose=False)
+    else:  # tf-keras's write_out prints the endpoints unconditionally.
+        with contextlib.redirect_stdout(io.StringIO()):
+            archive.write_out(path, options=options)
+
+
+def write(
+    tracked,
+    base_dir,
+    version,
+    signatures,
+    warmup,
+    info,
+    *,
+    keras2=False,
+    model_name=None,
+):
+    """Save the endpoints as `BASE/<version>`, atomically.
+
+    Args:
+        tracked: objects the archive tracks (models, tokenizers, ...).
+        base_dir: the model's TF Serving base path.
+        version: positive int; `BASE/<version>` must not exist.
+        signatures: `{name: (fn, input_signature)}` from `endpoints`.
+        warmup: `{signature: {input: array}}` from `warmup_inputs`.
+        info: dict written to `assets.extra/tf_softprompt.json`.
+        keras2: bool, use tf-keras's `ExportArchive` (tf-keras models).
+        model_name: the name in warmup requests (default: the base dir name).
+
+    Returns:
+        The path of the new version directory.
+    """
+    base_dir = os.fspath(base_dir)
+    target = layout.check_new_version(base_dir, version)
+    archive = _archive_class(keras2)()
+    for obj in tracked:
+        archive.track(obj)
+    for name, (fn, signature) in signatures.items():
+        archive.add_endpoint(name, fn, input_signature=signature)
+    options = tf.saved_model.SaveOptions(
+        function_aliases={TPU_ALIAS: _endpoint_function(archive, "predict_tokens")}
+    )
+    info = {
+        "format": "tf-softprompt-export/1",
+        **info,
+        "signatures": list(SIGNATURES),
+        "function_aliases": {TPU_ALIAS: "predict_tokens"},
+    }
+    with layout.publish_version(base_dir, version) as tmp:
+        _write_out(archive, tmp, options)
+        layout.write_warmup_requests(
+            tmp, model_name or os.path.basename(os.path.abspath(base_dir)), warmup
+        )
+        with open(os.path.join(tmp, INFO_FILE), "w") as f:
+            json.dump(info, f, indent=2)
+    return target
+
+
+def read_info(export_dir):
+    """The `assets.extra/tf_softprompt.json` dict of an export."""
+    with open(os.path.join(os.fspath(export_dir), INFO_FILE)) as f:
+        return json.load(f)
+
+
+def table_info(table):
+    """The prompt table's part of the export info."""
+    if table is None:
+        return {
+            "tasks": [],
+            "prompt_lengths": [],
+            "max_prompt_length": 0,
+            "prompt_offset": 0,
+            "prompt_method": None,
+            "fingerprint": None,
+            "multi_task": False,
+        }
+    return {
+        "tasks": list(table.tasks),
+        "prompt_lengths": list(table.lengths),
+        "max_prompt_length": table.max_length,
+        "prompt_offset": table.offset if table.takes_positions else None,
+        "prompt_method": table.method,
+        "prompt_takes_positions": table.takes_positions,
+        "fingerprint": {table.fingerprint_key: table.fingerprint},
+        "vocab_fingerprint": table.vocab_fingerprint,
+        "multi_task": is_multi_task(table),
+    }
