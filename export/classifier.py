@@ -258,7 +258,12 @@ def export_model(
         num_classes = max(head_classes)
     names, classes = _label_table(labels, table, num_classes)
     if heads is not None and isinstance(labels, dict):
-        given = dict(zip(table.tasks, classes))
+        given = dict(
+            zip(
+                table.tasks,
+                classes * len(table.tasks) if len(classes) == 1 else classes,
+            )
+        )
         wanted = dict(zip(table.tasks, head_classes))
         if given != wanted:
             raise ValueError(
