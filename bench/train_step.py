@@ -72,9 +72,10 @@ def _batch_and_builder(variants=VARIANTS):
     import tensorflow as tf
 
     from tf_softprompt import data
-    from tf_softprompt.training import classifier
+    from tf_softprompt.training import config as config_lib
+    from tf_softprompt.training import models
 
-    model_dir = classifier.packaged_model_dir()
+    model_dir = models.packaged_model_dir()
     train_path, _ = data.default_dataset()
     texts = data.read_examples(train_path).texts[:BATCH]
     # Long enough to fill all 128 positions, so no row is mostly padding.
@@ -82,7 +83,7 @@ def _batch_and_builder(variants=VARIANTS):
     preprocessors, features = {}, {}
     for variant in variants:
         length = TEXT_LENGTH.get(variant, SEQUENCE)
-        preprocessors[variant] = classifier.load_preprocessor(model_dir, length)
+        preprocessors[variant] = models.load_preprocessor(model_dir, length)
         features[variant] = preprocessors[variant](texts)
         mask = features[variant]["padding_mask"]
         assert int(tf.reduce_min(tf.reduce_sum(tf.cast(mask, "int32"), 1))) == length
@@ -90,14 +91,12 @@ def _batch_and_builder(variants=VARIANTS):
 
     def builder(variant):
         def build():
-            model = classifier.load_classifier(model_dir, 2)
+            model = models.load_classifier(model_dir, 2)
             if variant.startswith("prompt"):
-                config = classifier.ClassifierConfig(
+                config = config_lib.ClassifierConfig(
                     out="unused", prompt_length=PROMPT, init="uniform"
                 )
-                classifier.enable_prompt(
-                    model, config, preprocessors[variant], ["a", "b"]
-                )
+                models.enable_prompt(model, config, preprocessors[variant], ["a", "b"])
             return model
 
         return build

@@ -60,11 +60,9 @@ def add_export_parser(subparsers):
 
 
 def _read_run(run_dir):
-    from tf_softprompt.training import classifier
+    from tf_softprompt.training import run_dir as run_files
 
-    return classifier.read_json(
-        os.path.join(run_dir, classifier.RUN_FILE), "run record (run.json)"
-    )
+    return run_files.read_run(run_dir)
 
 
 def _check_same_base(runs, dirs):
@@ -135,14 +133,14 @@ def export_runs(run_dirs, out, version, tasks=None, model_name=None):
     longest `sequence_length` of the runs.
     """
     from tf_softprompt.export import export_model
-    from tf_softprompt.training import classifier
+    from tf_softprompt.training import models, run_dir
 
     dirs = [os.path.abspath(d) for d in run_dirs]
     runs = [_read_run(d) for d in dirs]
     _check_same_base(runs, dirs)
     run = runs[0]
     if len(dirs) == 1:
-        trained = classifier.load_trained(dirs[0])
+        trained = run_dir.load_trained(dirs[0])
         return export_model(
             trained.model,
             out,
@@ -155,16 +153,16 @@ def export_runs(run_dirs, out, version, tasks=None, model_name=None):
         )
     names = _task_names(dirs, tasks)
     sequence_length = max(int(r["sequence_length"]) for r in runs)
-    preprocessor = classifier.load_preprocessor(run["model_path"], sequence_length)
-    models = {}
+    preprocessor = models.load_preprocessor(run["model_path"], sequence_length)
+    heads_of = {}
     heads, labels = {}, {}
     for name, d, r in zip(names, dirs, runs):
         classes = int(r["num_classes"])
-        if classes not in models:
-            models[classes] = classifier.load_classifier(r["model_path"], classes)
-        heads[name] = _head_arrays(models[classes], d, r)
+        if classes not in heads_of:
+            heads_of[classes] = models.load_classifier(r["model_path"], classes)
+        heads[name] = _head_arrays(heads_of[classes], d, r)
         labels[name] = list(r["labels"])
-    model = models[int(run["num_classes"])]
+    model = heads_of[int(run["num_classes"])]
     prompts = {name: os.path.join(d, "prompt.npz") for name, d in zip(names, dirs)}
     longest = max(_positions(r) for r in runs)
     return export_model(

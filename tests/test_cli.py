@@ -1,8 +1,9 @@
 """The `tf-softprompt` CLI: train, eval, predict, info, errors, the registry,
 and one run of the real embedded default (packaged MiniLM + sentiment set).
 
-Most tests share one `train` run of a tiny random BERT (`--model
-tiny-random-bert`, a test-only spec) on JSONL files with custom columns.
+Most tests share one `train` run of a tiny random BERT preset
+(`tiny_models.save_tiny_bert_preset`, passed as `--model DIR`) on JSONL
+files with custom columns.
 """
 
 import contextlib
@@ -16,6 +17,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
+from tiny_models import embedded_texts, save_tiny_bert_preset
 
 from tf_softprompt import cli, data, packaged_model
 
@@ -48,7 +50,13 @@ def files(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, files):
+def preset(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("cli-preset") / "base"
+    return save_tiny_bert_preset(directory, embedded_texts())
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, files, preset):
     out = str(tmp_path_factory.mktemp("cli-run") / "run")
     code, stdout, stderr = run_cli(
         [
@@ -56,7 +64,7 @@ def run(tmp_path_factory, files):
             "--out",
             out,
             "--model",
-            "tiny-random-bert",
+            preset,
             "--data",
             files[0],
             "--eval-data",
@@ -89,7 +97,7 @@ def read_json(path):
         return json.load(f)
 
 
-def test_train_writes_prompt_head_checkpoints_logs_run_and_metrics(run):
+def test_train_writes_prompt_head_checkpoints_logs_run_and_metrics(run, preset):
     out, printed = run
     metrics = read_json(os.path.join(out, "metrics.json"))
     assert metrics == printed
@@ -105,8 +113,7 @@ def test_train_writes_prompt_head_checkpoints_logs_run_and_metrics(run):
         )
 
     record = read_json(os.path.join(out, "run.json"))
-    assert record["model"] == "tiny-random-bert"
-    assert record["model_path"] == os.path.join(out, "base")
+    assert record["model"] == record["model_path"] == preset
     assert record["task_class"] == "BertTextClassifier"
     assert record["labels"] == ["bad", "good"]
     assert (record["sequence_length"], record["prompt_length"]) == (16, 3)

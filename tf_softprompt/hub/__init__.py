@@ -58,6 +58,7 @@ from tf_softprompt.hub.adapter import (
     classifier_head,
     is_causal_lm,
     is_hub_model,
+    set_dropout,
     transformer_layers,
 )
 from tf_softprompt.hub.enable import enable_prompt_tuning
@@ -75,5 +76,6 @@ __all__ = [
     "get_prompt_tuning",
     "is_causal_lm",
     "is_hub_model",
+    "set_dropout",
     "transformer_layers",
 ]

@@ -515,3 +515,31 @@ def base_identity(model, method):
         "fingerprint": fingerprint,
         "vocab_size": dims.vocab_size,
     }
+
+
+def set_dropout(model, rate):
+    """Set every dropout rate inside a keras-hub backbone (in place).
+
+    Covers `keras.layers.Dropout` layers and the attention-probability
+    dropout of Keras' `MultiHeadAttention`. A Task's own layers (e.g. a
+    classifier head's dropout) are left alone.
+
+    Args:
+        model: a keras-hub Backbone, or a Task with a `backbone`.
+        rate: float in `[0, 1)`.
+
+    Returns:
+        The number of layers changed.
+    """
+    if not 0 <= rate < 1:
+        raise ValueError(f"`rate` must be in [0, 1). Received: rate={rate}.")
+    backbone, _ = split(model)
+    changed = 0
+    for layer in backbone._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.Dropout):
+            layer.rate = float(rate)
+            changed += 1
+        elif isinstance(layer, keras.layers.MultiHeadAttention):
+            layer._dropout = float(rate)
+            changed += 1
+    return changed

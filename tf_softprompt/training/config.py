@@ -1,0 +1,263 @@
+"""`ClassifierConfig`: the settings of a prompt-tuning run, declared once.
+
+Each field carries its command-line help in its metadata; the CLI's
+`train` flags (`add_arguments`) and the benchmarks' configs
+(`from_arguments`) are derived from the dataclass, so a new option is added
+in one place.
+
+Example:
+```python
+parser = argparse.ArgumentParser()
+add_arguments(parser)
+config = from_arguments(parser.parse_args(["--out", "run", "--method", "prefix"]))
+```
+"""
+
+import argparse
+import dataclasses
+
+from tf_softprompt import data as data_lib
+from tf_softprompt import methods
+
+INIT_CHOICES = ("uniform", "vocab", "label-words")
+PRECISIONS = ("float32", "mixed_bfloat16")
+SEQUENCE_LENGTH = 128
+EMBEDDED_SEQUENCE_LENGTH = 24
+
+
+def _field(default, help, **cli):
+    return dataclasses.field(default=default, metadata={"help": help, **cli})
+
+
+@dataclasses.dataclass
+class ClassifierConfig:
+    """Settings of a prompt-tuning run (the CLI's `train` flags).
+
+    Attributes:
+        out: output directory.
+        model: keras-hub preset name or local preset directory; `None` for
+            the packaged all-MiniLM-L6-v2 (`tf_softprompt.packaged_model`).
+        data: training file (TSV/CSV/JSONL); `None` for the embedded
+            default dataset.
+        eval_data: held-out file; `None` holds out `validation_split` of
+            `data` (the embedded default has its own test file).
+        text_column, label_column: column names (JSON keys) in the files.
+        method: the injection method (`tf_softprompt.methods`).
+        prompt_length: P, prompt vectors (or prefix positions).
+        init: `"uniform"`, `"vocab"` (sampled vocabulary tokens) or
+            `"label-words"` (the label names' tokens, topped up with sampled
+            ones). For a prefix, the keys/values those tokens produce.
+        reparameterize: prefix only: the hidden width of Li and Liang's MLP
+            reparameterisation, or `None` to train the prefix directly.
+        epochs, batch_size, learning_rate: optimisation (Adam).
+        sequence_length: T, tokens per text before prompt slots are added;
+            `None`: 24 for the embedded dataset, 128 otherwise.
+        offset: where forms 1 and 2 put the prompt; `None` is the adapter's
+            default (after [CLS] for BERT).
+        seed: weights, prompt initialisation, dropout and data order.
+        validation_split: fraction held out when `eval_data` is `None`.
+        baseline: also train the head without a prompt.
+        checkpoint_every: checkpoint every N steps (0: each epoch).
+        dropout: the task head's dropout; `None` keeps the task default.
+        base_dropout: the frozen base's dropout rate; `None` keeps the
+            preset's (0 turns it off: faster steps; see the README for what
+            it does to accuracy).
+        precision: `"float32"`, or `"mixed_bfloat16"` (the frozen base
+            computes in bfloat16; prompt and head keep float32 weights; the
+            loss is float32).
+        jit_compile: compile the train step with XLA.
+        recompute: recompute each transformer layer's activations in the
+            backward pass: less memory, one more forward pass per step.
+    """
+
+    out: str = _field(None, "output directory", required=True)
+    model: str = _field(
+        None,
+        "keras-hub preset name or local preset directory (default: the "
+        "packaged all-MiniLM-L6-v2, fetched once without PyTorch)",
+    )
+    data: str = _field(
+        None,
+        "training file: .tsv, .csv or .jsonl with text and label columns "
+        "(default: the embedded sentiment dataset)",
+    )
+    eval_data: str = _field(
+        None,
+        "held-out file in the same format (default: hold out "
+        "--validation-split of --data)",
+    )
+    text_column: str = _field(data_lib.DEFAULT_TEXT_COLUMN, "text column")
+    label_column: str = _field(data_lib.DEFAULT_LABEL_COLUMN, "label column")
+    method: str = _field(
+        "embedding",
+        "injection method: embedding (virtual-id rows), prepend (vectors "
+        "replacing the position sum) or prefix (per-layer keys/values)",
+        choices=methods.NAMES,
+    )
+    prompt_length: int = _field(20, "prompt vectors (or prefix positions) P")
+    init: str = _field(
+        "label-words",
+        "prompt initialisation; label-words uses the label names",
+        choices=INIT_CHOICES,
+    )
+    reparameterize: int = _field(
+        None, "prefix only: train through an MLP of this hidden width"
+    )
+    epochs: int = _field(12, "epochs")
+    batch_size: int = _field(16, "global batch size, over all replicas")
+    learning_rate: float = _field(0.01, "Adam's learning rate, prompt and head")
+    sequence_length: int = _field(
+        None,
+        "tokens per text, before prompt slots are added (default: 128, or "
+        "24 for the embedded dataset)",
+    )
+    offset: int = _field(
+        None, "prompt position (default: the adapter's; after [CLS] for BERT)"
+    )
+    seed: int = _field(0, "weights, prompt, dropout and data order")
+    validation_split: float = _field(
+        0.2, "held-out fraction of --data without --eval-data"
+    )
+    baseline: bool = _field(True, "also train the head without a prompt")
+    checkpoint_every: int = _field(0, "also checkpoint every N steps (0: each epoch)")
+    dropout: float = _field(None, "the task head's dropout (default: the task's)")
+    base_dropout: float = _field(
+        None, "the frozen base's dropout (default: the preset's; 0 turns it off)"
+    )
+    precision: str = _field(
+        "float32",
+        "compute precision of the frozen base (prompt and head keep float32 weights)",
+        choices=PRECISIONS,
+    )
+    jit_compile: bool = _field(
+        False, "compile the train step with XLA (for TPU/GPU; slow on CPU)"
+    )
+    recompute: bool = _field(
+        False,
+        "recompute transformer activations in the backward pass: less memory, "
+        "about one more forward pass per step, the same gradients",
+    )
+
+    def __post_init__(self):
+        if self.init not in INIT_CHOICES:
+            raise ValueError(
+                f"Unknown init {self.init!r}. Use one of {list(INIT_CHOICES)}."
+            )
+        methods.get(self.method)
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"Unknown precision {self.precision!r}. Use one of {list(PRECISIONS)}."
+            )
+        if self.sequence_length is None:
+            self.sequence_length = (
+                EMBEDDED_SEQUENCE_LENGTH if self.data is None else SEQUENCE_LENGTH
+            )
+        for name in ("prompt_length", "epochs", "batch_size", "sequence_length"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(
+                    f"`{name}` must be a positive integer. Received: {value!r}."
+                )
+        if self.reparameterize is not None:
+            if self.method != "prefix":
+                raise ValueError(
+                    "`reparameterize` is for method='prefix'. Received it with "
+                    f"method={self.method!r}."
+                )
+            if not isinstance(self.reparameterize, int) or self.reparameterize <= 0:
+                raise ValueError(
+                    "`reparameterize` must be a positive integer (the MLP width). "
+                    f"Received: {self.reparameterize!r}."
+                )
+        if not self.learning_rate > 0:
+            raise ValueError(
+                f"`learning_rate` must be positive. Received: {self.learning_rate}."
+            )
+        if not 0 < self.validation_split < 1:
+            raise ValueError(
+                "`validation_split` must be in (0, 1). Received: "
+                f"{self.validation_split}."
+            )
+        for name in ("dropout", "base_dropout"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1:
+                raise ValueError(
+                    f"`{name}` must be in [0, 1). Received: {name}={value}."
+                )
+
+    def settings(self):
+        """The fields that change what is trained (checked on resume)."""
+        excluded = ("out", "baseline", "checkpoint_every", "jit_compile", "recompute")
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in excluded}
+
+
+def _flag(name):
+    return "--" + name.replace("_", "-")
+
+
+def positive_int(text):
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+_TYPES = {
+    "int": positive_int,
+    "float": float,
+    "str": str,
+}
+# Flags whose values may be zero or negative (parsed as plain ints).
+_ANY_INT = ("offset", "seed", "checkpoint_every")
+
+
+def add_arguments(parser, exclude=()):
+    """Add one flag per `ClassifierConfig` field to an argparse parser.
+
+    A bool field defaulting to False becomes `--name`; one defaulting to
+    True becomes `--no-name`. Help texts show the defaults.
+
+    Args:
+        parser: an `argparse.ArgumentParser` (or subparser).
+        exclude: field names to leave out.
+    """
+    for field in dataclasses.fields(ClassifierConfig):
+        if field.name in exclude:
+            continue
+        meta = dict(field.metadata)
+        help_text = meta.pop("help")
+        if field.type in (bool, "bool"):
+            if field.default:
+                parser.add_argument(
+                    "--no-" + field.name.replace("_", "-"),
+                    dest=field.name,
+                    action="store_false",
+                    help=f"do not: {help_text}",
+                )
+            else:
+                parser.add_argument(
+                    _flag(field.name), action="store_true", help=help_text
+                )
+            continue
+        type_name = field.type if isinstance(field.type, str) else field.type.__name__
+        kind = int if field.name in _ANY_INT else _TYPES[type_name]
+        if field.default is not None:
+            help_text += " (default: %(default)s)"
+        parser.add_argument(
+            _flag(field.name),
+            type=kind,
+            default=field.default,
+            help=help_text,
+            **meta,
+        )
+
+
+def from_arguments(args, **overrides):
+    """A `ClassifierConfig` from parsed arguments (`add_arguments`' flags)."""
+    values = {
+        field.name: getattr(args, field.name)
+        for field in dataclasses.fields(ClassifierConfig)
+        if hasattr(args, field.name)
+    }
+    values.update(overrides)
+    return ClassifierConfig(**values)

@@ -1,0 +1,187 @@
+"""A run directory: its files, the run record, head weights, and reloading.
+
+Layout of `tf-softprompt train --out DIR`:
+
+- `prompt.npz`: the prompt artifact (`tf_softprompt.artifact`).
+- `head.weights.npz`: the trained head, `{variable path: array}`.
+- `run.json`: what is needed to rebuild the model: base model, task class,
+  labels, sequence length, method, prompt length, offset, precision.
+- `metrics.json`: held-out `accuracy` and `baseline_accuracy`, and more.
+- `checkpoints/`: the prompt run's `tf.train.CheckpointManager` files.
+- `logs/prompt`, `logs/baseline`: TensorBoard logs.
+
+Example:
+```python
+trained = load_trained("runs/sst2")
+trained.predict(["a fine film"])  # [[p_negative, p_positive]]
+```
+"""
+
+import dataclasses
+import json
+import os
+
+import keras
+import numpy as np
+
+from tf_softprompt.fileio import atomic_write
+from tf_softprompt.training import evaluation, models
+
+RUN_FORMAT = "tf-softprompt-run/1"
+PROMPT_FILE = "prompt.npz"
+HEAD_FILE = "head.weights.npz"
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.json"
+CHECKPOINT_DIR = "checkpoints"
+LOG_DIR = "logs"
+
+
+def write_json(path, obj):
+    """Write JSON atomically (temporary file, then rename)."""
+    payload = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+    atomic_write(path, lambda f: f.write(payload))
+
+
+def read_json(path, what):
+    """Read a JSON file, explaining a missing one as a missing run."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{path} does not exist: no {what} was found. Pass the --out "
+            "directory of a finished `tf-softprompt train` run."
+        ) from None
+
+
+def _variable_id(variable):
+    value = getattr(variable, "value", variable)
+    return id(getattr(value, "handle", value))
+
+
+def head_variables(model, handle):
+    """The trainable variables other than the prompt: the task head."""
+    prompt = {_variable_id(v) for v in handle.table.trainable_variables}
+    return [v for v in model.trainable_variables if _variable_id(v) not in prompt]
+
+
+def save_head(path, variables):
+    """Save the head's variables as `{path: array}` in an `.npz`, atomically."""
+    arrays = {v.path: np.asarray(keras.ops.convert_to_numpy(v)) for v in variables}
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def load_head(path, variables):
+    """Assign saved head arrays to `variables`, matched by variable path."""
+    with np.load(path, allow_pickle=False) as saved:
+        arrays = {key: saved[key] for key in saved.files}
+    for variable in variables:
+        if variable.path not in arrays:
+            raise ValueError(
+                f"{path} has no array for the head variable {variable.path!r}. "
+                f"Saved: {sorted(arrays)}. Was it written for another model?"
+            )
+        value = arrays[variable.path]
+        if tuple(value.shape) != tuple(variable.shape):
+            raise ValueError(
+                f"The saved {variable.path!r} in {path} has shape "
+                f"{list(value.shape)} but the model's is {list(variable.shape)}."
+            )
+        variable.assign(value)
+
+
+def run_record(config, model_path, model, handle, names, splits):
+    """The `run.json` dict: everything needed to rebuild the tuned model."""
+    return {
+        "format": RUN_FORMAT,
+        "model": config.model or "default",
+        "model_path": model_path,
+        "task_class": type(model).__name__,
+        "backbone_class": type(getattr(model, "backbone", model)).__name__,
+        "labels": list(names),
+        "num_classes": len(names),
+        "sequence_length": config.sequence_length,
+        "method": handle.method.name,
+        "prompt_length": int(handle.num_prompt_tokens),
+        "offset": int(handle.offset),
+        "reparameterize": config.reparameterize,
+        "init": config.init,
+        "text_column": config.text_column,
+        "label_column": config.label_column,
+        "prompt": PROMPT_FILE,
+        "head": HEAD_FILE,
+        "head_variables": [v.path for v in head_variables(model, handle)],
+        "data": splits.source,
+        "seed": config.seed,
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "learning_rate": config.learning_rate,
+        "dropout": config.dropout,
+        "base_dropout": config.base_dropout,
+        "precision": config.precision,
+    }
+
+
+@dataclasses.dataclass
+class TrainedClassifier:
+    """A tuned model rebuilt from an output directory.
+
+    Attributes:
+        model: the keras-hub `TextClassifier` (base + prompt + head).
+        preprocessor: its `TextClassifierPreprocessor`.
+        handle: the `PromptTuning` handle.
+        run: the `run.json` dict.
+    """
+
+    model: object
+    preprocessor: object
+    handle: object
+    run: dict
+
+    @property
+    def labels(self):
+        return list(self.run["labels"])
+
+    def predict(self, texts, batch_size=64):
+        """Probabilities `[N, num_classes]`."""
+        return evaluation.predict_probabilities(
+            self.model, self.preprocessor, texts, batch_size
+        )
+
+
+def read_run(out):
+    """The checked `run.json` of a run directory."""
+    out = os.path.abspath(out)
+    run = read_json(os.path.join(out, RUN_FILE), "run record (run.json)")
+    if run.get("format") != RUN_FORMAT:
+        raise ValueError(
+            f"{out}/{RUN_FILE} is not a {RUN_FORMAT} record. Received format="
+            f"{run.get('format')!r}."
+        )
+    return run
+
+
+def load_trained(out):
+    """Rebuild base + prompt + head from a `train` output directory.
+
+    The model is rebuilt in float32 (a `mixed_bfloat16` run's weights are
+    float32 already); the prompt and head are loaded and checked.
+    """
+    from tf_softprompt import hub
+
+    out = os.path.abspath(out)
+    run = read_run(out)
+    preprocessor = models.load_preprocessor(run["model_path"], run["sequence_length"])
+    model = models.load_classifier(
+        run["model_path"], run["num_classes"], run.get("dropout")
+    )
+    method = run.get("method", "embedding")
+    kwargs = {"offset": run["offset"]} if method != "prefix" else {}
+    if run.get("reparameterize"):
+        kwargs["reparameterization"] = {"hidden_dim": run["reparameterize"]}
+    handle = hub.enable_prompt_tuning(
+        model, run["prompt_length"], method=method, **kwargs
+    )
+    handle.load_prompt(os.path.join(out, run["prompt"]))
+    load_head(os.path.join(out, run["head"]), head_variables(model, handle))
+    return TrainedClassifier(model, preprocessor, handle, run)
