@@ -242,9 +242,10 @@ def build_prompted(preset, tiny_config):
 
 
 def reference_gradient_fn(build, seed=0):
-    """`(features, labels, divisor) -> gradients` of the summed softmax cross-
-    entropy over the given examples divided by `divisor`, at the initial
-    weights, with a plain `GradientTape` (no `Trainer`, no library loss)."""
+    """`(features, labels, divisor) -> (loss, gradients)`: the summed softmax
+    cross-entropy over the given examples divided by `divisor`, and its
+    gradients, at the initial weights, with a plain `GradientTape` (no
+    `Trainer`, no library loss)."""
     keras.utils.set_random_seed(seed)  # what Trainer does before building
     model = build()
 
@@ -515,10 +516,10 @@ def test_mirrored_strategy_on_two_devices_equals_single_device(
     assert metrics["num_replicas"] == 2
     assert metrics["steps"] == reference.metrics["steps"] == 2 * (64 // 8)
     np.testing.assert_allclose(metrics["losses"], reference.losses, rtol=0, atol=1e-5)
-    assert_same_training(out, reference.out, atol=2e-5)
     assert_same_checkpoint(
         out / "checkpoints", os.path.join(reference.out, "checkpoints"), rtol=1e-4
     )
+    assert_same_training(out, reference.out, atol=2e-5)
     assert metrics["accuracy"] == pytest.approx(reference.metrics["accuracy"], abs=0.03)
 
 
@@ -557,12 +558,12 @@ def test_multi_worker_strategy_with_two_processes_equals_single_device(
         np.testing.assert_allclose(
             result["losses"], reference.losses, rtol=0, atol=1e-5
         )
-    assert_same_training(out, reference.out, atol=2e-5)
     # Only the chief (worker 0) keeps checkpoints, in the shared directory.
     assert tf.train.latest_checkpoint(str(out / "checkpoints")).endswith("ckpt-16")
     assert_same_checkpoint(
         out / "checkpoints", os.path.join(reference.out, "checkpoints"), rtol=1e-4
     )
+    assert_same_training(out, reference.out, atol=2e-5)
 
 
 # --- checkpoints and resume ---------------------------------------------------

@@ -7,6 +7,10 @@ both run in ONE fresh subprocess that prints its measurements as JSON; the
 assertions are made here. No TPU or GPU is available: what is verified is a
 static-shape step compiled by XLA on CPU and a 2-replica MirroredStrategy on
 two logical CPU devices.
+
+Both compare gradients or SGD weights, never weights after Adam steps:
+Adam's first update is about `lr * sign(g)`, so it hides a gradient that is
+off by a constant factor.
 """
 
 import json
@@ -31,7 +35,6 @@ IDS = np.concatenate(
     [np.broadcast_to(np.arange(V, V + P), (B, P)), RNG.integers(1, V, (B, T))], 1
 ).astype("int32")
 LABELS = np.array([0, 0, 1, 0], "int32")  # unbalanced: a sizable prompt gradient
-LEARNING_RATE = 1.0
 
 
 def _model_and_step():
@@ -45,7 +48,7 @@ def _model_and_step():
     # SGD, not Adam: its update is lr * gradient, so a gradient that is off
     # by any factor shows in the weights. Weight decay would shrink a
     # vocabulary that an optimizer sees.
-    optimizer = keras.optimizers.SGD(learning_rate=LEARNING_RATE, weight_decay=0.1)
+    optimizer = keras.optimizers.SGD(learning_rate=1.0, weight_decay=0.1)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
     def step(ids, labels):
