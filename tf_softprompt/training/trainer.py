@@ -188,19 +188,43 @@ class Trainer:
 
     # --- the step ----------------------------------------------------------
 
-    def replica_step(self, features, labels):
-        """One replica's forward, backward and update; returns its loss.
+    def replica_gradients(self, features, labels):
+        """One replica's loss and gradients for its batch, without applying them.
 
-        The loss is the sum over the replica's examples divided by the
-        global batch size; the optimizer all-reduces (sums) the gradients.
-        Only `self.variables` are differentiated, so no gradient is computed
-        for the frozen weights.
+        The loss is the sum of the per-example losses over this replica's
+        examples divided by the *global* batch size, so the gradients summed
+        over all replicas (what the optimizer applies) are the gradients of
+        the mean loss over the global batch. Only `self.variables` are
+        differentiated, so no gradient is computed for the frozen weights.
+
+        Args:
+            features: this replica's batch of model inputs.
+            labels: `[b]` int labels.
+
+        Returns:
+            `(loss, gradients)`: a scalar and a list with one gradient per
+            variable of `self.variables`, in that order.
+
+        Example:
+        ```python
+        per_replica = trainer.strategy.run(
+            tf.function(trainer.replica_gradients), args=(features, labels)
+        )
+        ```
         """
         with tf.GradientTape() as tape:
             logits = self.model(features, training=True)
             per_example = self.loss_fn(labels, logits)
             loss = tf.reduce_sum(per_example) / self.global_batch_size
-        gradients = tape.gradient(loss, self.variables)
+        return loss, tape.gradient(loss, self.variables)
+
+    def replica_step(self, features, labels):
+        """One replica's forward, backward and update; returns its loss.
+
+        The gradients are `replica_gradients`; the optimizer all-reduces
+        (sums) them over the replicas before applying them.
+        """
+        loss, gradients = self.replica_gradients(features, labels)
         self.optimizer.apply_gradients(zip(gradients, self.variables))
         return loss
 
