@@ -35,15 +35,18 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tiny_models import save_tiny_bert_preset
 
 from tf_softprompt import data, initializers
 from tf_softprompt.training import (
+    ClassifierConfig,
     Trainer,
-    classifier,
     epoch_order,
+    models,
     pipeline,
     recompute,
     tpu,
+    train_classifier,
 )
 
 TINY = dict(
@@ -74,9 +77,12 @@ DRIVER = textwrap.dedent(
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
     else:
         strategy = tf.distribute.get_strategy()
-    from tf_softprompt.training import Trainer, classifier, pipeline
+    from tf_softprompt.training import (
+        ClassifierConfig, Trainer, models, pipeline, train_classifier
+    )
+    from tf_softprompt.training.splits import load_splits
 
-    config = classifier.ClassifierConfig(**config)
+    config = ClassifierConfig(**config)
     losses = []
 
     def record(step, loss):
@@ -85,7 +91,7 @@ DRIVER = textwrap.dedent(
             print(f"step {step}", flush=True)
             time.sleep(0.3)
 
-    metrics = classifier.train_classifier(
+    metrics = train_classifier(
         config, strategy=strategy, callbacks=[record], verbose=0
     )
     metrics["losses"] = losses
@@ -94,17 +100,17 @@ DRIVER = textwrap.dedent(
     def record_replicas(path):
         # What each replica gets and computes in `strategy.run` on the steps
         # of epoch 0, at the initial weights (a fresh Trainer, same seed).
-        splits = classifier.load_splits(config)
-        preprocessor = classifier.load_preprocessor(
+        splits = load_splits(config)
+        preprocessor = models.load_preprocessor(
             config.model, config.sequence_length
         )
         names = splits.labels.names
 
         def build():
-            model = classifier.load_classifier(
+            model = models.load_classifier(
                 config.model, len(names), config.dropout
             )
-            classifier.enable_prompt(model, config, preprocessor, names)
+            models.enable_prompt(model, config, preprocessor, names)
             return model
 
         trainer = Trainer(
@@ -188,13 +194,13 @@ def files(tmp_path_factory):
 def preset(tmp_path_factory, files):
     texts = data.read_examples(files[0]).texts + data.read_examples(files[1]).texts
     directory = tmp_path_factory.mktemp("tiny") / "preset"
-    return classifier.save_tiny_bert_preset(str(directory), texts, sequence_length=16)
+    return save_tiny_bert_preset(str(directory), texts, sequence_length=16)
 
 
 @pytest.fixture(scope="module")
 def tiny_config(preset, files):
     def make(out, **overrides):
-        return classifier.ClassifierConfig(
+        return ClassifierConfig(
             out=str(out),
             model=preset,
             data=files[0],
@@ -215,7 +221,7 @@ class Run:
 def train_here(config):
     """`train_classifier` in this process, recording every step's loss."""
     losses = []
-    metrics = classifier.train_classifier(
+    metrics = train_classifier(
         config, callbacks=[lambda step, loss: losses.append(loss)], verbose=0
     )
     return Run(config.out, metrics, losses)
@@ -231,11 +237,11 @@ def reference(tiny_config, tmp_path_factory):
 def build_prompted(preset, tiny_config):
     """The prompted tiny classifier exactly as `train_classifier` builds it."""
     config = tiny_config("unused")
-    preprocessor = classifier.load_preprocessor(preset, config.sequence_length)
+    preprocessor = models.load_preprocessor(preset, config.sequence_length)
 
     def build():
-        model = classifier.load_classifier(preset, 2, dropout=0.0)
-        classifier.enable_prompt(model, config, preprocessor, ["negative", "positive"])
+        model = models.load_classifier(preset, 2, dropout=0.0)
+        models.enable_prompt(model, config, preprocessor, ["negative", "positive"])
         return model
 
     return build
@@ -285,7 +291,7 @@ def single_device(files, preset, build_prompted):
     label_ids = data.LabelVocabulary.from_labels(examples.labels).encode(
         examples.labels
     )
-    preprocessor = classifier.load_preprocessor(preset, TINY["sequence_length"])
+    preprocessor = models.load_preprocessor(preset, TINY["sequence_length"])
     features = preprocessor(tf.constant(examples.texts))
     rows = {tuple(row): i for i, row in enumerate(features["token_ids"].numpy())}
     # Token rows identify the examples.
@@ -655,9 +661,7 @@ def test_killed_run_resumes_from_its_checkpoint_to_the_uninterrupted_prompt(
 
 def test_resume_refuses_checkpoints_of_different_settings(tiny_config, reference):
     with pytest.raises(ValueError, match="different settings \\(prompt_length\\)"):
-        classifier.train_classifier(
-            tiny_config(reference.out, prompt_length=5), verbose=0
-        )
+        train_classifier(tiny_config(reference.out, prompt_length=5), verbose=0)
 
 
 # --- TPU readiness ------------------------------------------------------------
@@ -677,7 +681,7 @@ def test_train_step_is_tpu_ready_and_xla_step_matches_the_plain_step(
     preset, files, tiny_config, build_prompted
 ):
     config = tiny_config("unused")
-    preprocessor = classifier.load_preprocessor(preset, config.sequence_length)
+    preprocessor = models.load_preprocessor(preset, config.sequence_length)
     examples = data.read_examples(files[0])
     labels = data.LabelVocabulary.from_labels(examples.labels)
     build = build_prompted
