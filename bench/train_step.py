@@ -6,10 +6,17 @@ the prompt step), Adam, the same `tf_softprompt.training.Trainer` step code
 for both. The prompt step differentiates only the prompt and the head; the
 full step differentiates every weight.
 
-Two further prompt variants are measured, each reported under its own key:
+Further variants are measured, each reported under its own key:
 `prompt-equal-length` cuts the texts to 108 tokens so that the model sees
-128 positions in both steps (the prompt takes 20 of them), and
-`prompt-recompute` is the opt-in `Trainer(recompute=True)`.
+128 positions in both steps (the prompt takes 20 of them);
+`prompt-recompute` is the opt-in `Trainer(recompute=True)`; `prefix` is
+prefix tuning (`method="prefix"`, P=20 key/value positions per layer, no
+extra sequence positions); the `-bf16` variants build the model under the
+`mixed_bfloat16` policy (`precision="mixed_bfloat16"`), `full-bf16` too,
+for the like-for-like ratio; `prompt-bf16-no-dropout` also turns the frozen
+base's dropout off; `prompt-onednn`/`full-onednn` use TF's oneDNN
+auto-mixed-precision graph rewrite (float32 policy), which is process-wide
+and so measured in separate processes only.
 
 Each variant runs in its own child process, so peak RSS (`ru_maxrss`) is
 measured separately; the time ratios come from one more child that
@@ -33,6 +40,16 @@ Prints one JSON line last with:
   prompt step at 128 model positions (108 text tokens + 20 prompt).
 - `time_ratio_xla`: prompt / full step, both compiled with
   `jit_compile=True` (as on a TPU), interleaved in the same child.
+- `time_ratio_prefix`, `memory_ratio_prefix`: the prefix step / the full
+  step (target time <= 0.75).
+- `time_ratio_bf16`, `memory_ratio_bf16`: the bf16 prompt step / the
+  float32 full step (targets <= 0.55 and <= 0.70);
+  `time_ratio_bf16_like_for_like`: / the bf16 full step;
+  `time_ratio_full_bf16`: bf16 full / float32 full;
+  `time_ratio_prefix_bf16`, `time_ratio_bf16_no_dropout`.
+- `time_ratio_onednn_separate_processes`, `memory_ratio_onednn`: the oneDNN
+  rewrite's prompt step / the float32 full step (separate processes), next
+  to `time_ratio_bf16_separate_processes` measured the same way.
 
 Usage: python bench/train_step.py [--steps 10] [--warmup 2]
 """
@@ -46,12 +63,31 @@ import sys
 import time
 
 BATCH, SEQUENCE, PROMPT = 16, 128, 20
-VARIANTS = ("prompt", "prompt-recompute", "prompt-equal-length", "full")
-RECOMPUTED = ("prompt-recompute",)
-# Text tokens per variant; the prompt step adds PROMPT positions.
-TEXT_LENGTH = {"prompt-equal-length": SEQUENCE - PROMPT}
+# Each variant: how the step is built. "full" fine-tunes every weight; the
+# others train a prompt (or prefix) and the head over the frozen base.
+VARIANTS = {
+    "prompt": {},
+    "prompt-recompute": {"recompute": True},
+    "prompt-equal-length": {"text_length": SEQUENCE - PROMPT},
+    "prefix": {"method": "prefix"},
+    "prompt-bf16": {"precision": "mixed_bfloat16"},
+    "prefix-bf16": {"method": "prefix", "precision": "mixed_bfloat16"},
+    "prompt-bf16-no-dropout": {"precision": "mixed_bfloat16", "base_dropout": 0.0},
+    "full": {"full": True},
+    "full-bf16": {"full": True, "precision": "mixed_bfloat16"},
+}
+# Measured in their own processes only: TF's oneDNN auto-mixed-precision
+# graph rewrite is a process-wide switch, so it cannot be interleaved.
+ONEDNN_VARIANTS = {
+    "prompt-onednn": {"onednn": True},
+    "full-onednn": {"full": True, "onednn": True},
+}
 # Extra steps of the timing child, compiled with XLA: (name, variant).
 XLA_STEPS = (("prompt-xla", "prompt"), ("full-xla", "full"))
+
+
+def _spec(variant):
+    return {**VARIANTS, **ONEDNN_VARIANTS}[variant]
 
 
 def _rss_mb():
@@ -71,7 +107,7 @@ def _batch_and_builder(variants=VARIANTS):
     import numpy as np
     import tensorflow as tf
 
-    from tf_softprompt import data
+    from tf_softprompt import data, hub
     from tf_softprompt.training import config as config_lib
     from tf_softprompt.training import models
 
@@ -82,7 +118,7 @@ def _batch_and_builder(variants=VARIANTS):
     texts = tf.constant([" ".join([t] * 40) for t in texts])
     preprocessors, features = {}, {}
     for variant in variants:
-        length = TEXT_LENGTH.get(variant, SEQUENCE)
+        length = _spec(variant).get("text_length", SEQUENCE)
         preprocessors[variant] = models.load_preprocessor(model_dir, length)
         features[variant] = preprocessors[variant](texts)
         mask = features[variant]["padding_mask"]
@@ -90,11 +126,18 @@ def _batch_and_builder(variants=VARIANTS):
     labels = tf.constant(np.arange(BATCH) % 2, tf.int32)
 
     def builder(variant):
+        spec = _spec(variant)
+
         def build():
             model = models.load_classifier(model_dir, 2)
-            if variant.startswith("prompt"):
+            if spec.get("base_dropout") is not None:
+                hub.set_dropout(model, spec["base_dropout"])
+            if not spec.get("full"):
                 config = config_lib.ClassifierConfig(
-                    out="unused", prompt_length=PROMPT, init="uniform"
+                    out="unused",
+                    prompt_length=PROMPT,
+                    init="uniform",
+                    method=spec.get("method", "embedding"),
                 )
                 models.enable_prompt(model, config, preprocessors[variant], ["a", "b"])
             return model
@@ -113,12 +156,14 @@ def _timed(step, features, labels):
 def _compiled_step(builder, variant, jit_compile=False):
     from tf_softprompt.training import Trainer
 
+    spec = _spec(variant)
     trainer = Trainer(
         builder(variant),
         learning_rate=1e-4,
         global_batch_size=BATCH,
         verbose=0,
-        recompute=variant in RECOMPUTED,
+        recompute=spec.get("recompute", False),
+        precision=spec.get("precision", "float32"),
         jit_compile=jit_compile,
     )
     return trainer, trainer.compiled_replica_step()
@@ -128,6 +173,12 @@ def child(variant, steps, warmup):
     """One variant alone: step times and peak RSS of this process."""
     import numpy as np
 
+    if _spec(variant).get("onednn"):
+        import tensorflow as tf
+
+        tf.config.optimizer.set_experimental_options(
+            {"auto_mixed_precision_onednn_bfloat16": True}
+        )
     features, labels, builder = _batch_and_builder((variant,))
     features = features[variant]
     runtime_rss = _rss_mb()
@@ -154,7 +205,7 @@ def alternating_child(steps, warmup):
     """
     import numpy as np
 
-    features, labels, builder = _batch_and_builder()
+    features, labels, builder = _batch_and_builder(tuple(VARIANTS))
     steps_by_name = {v: (_compiled_step(builder, v)[1], v) for v in VARIANTS}
     for name, variant in XLA_STEPS:
         step = _compiled_step(builder, variant, jit_compile=True)[1]
@@ -176,6 +227,12 @@ def alternating_child(steps, warmup):
         "time_ratio": ratio("prompt"),
         "time_ratio_recompute": ratio("prompt-recompute"),
         "time_ratio_equal_length": ratio("prompt-equal-length"),
+        "time_ratio_prefix": ratio("prefix"),
+        "time_ratio_bf16": ratio("prompt-bf16"),
+        "time_ratio_prefix_bf16": ratio("prefix-bf16"),
+        "time_ratio_bf16_no_dropout": ratio("prompt-bf16-no-dropout"),
+        "time_ratio_bf16_like_for_like": ratio("prompt-bf16", "full-bf16"),
+        "time_ratio_full_bf16": ratio("full-bf16"),
         "time_ratio_xla": ratio("prompt-xla", "full-xla"),
     }
     for name in steps_by_name:
@@ -209,7 +266,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--child", choices=VARIANTS + ("alternating",), default=None)
+    parser.add_argument(
+        "--child",
+        choices=(*VARIANTS, *ONEDNN_VARIANTS, "alternating"),
+        default=None,
+    )
     args = parser.parse_args()
     if args.child:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -219,7 +280,9 @@ def main():
             result = child(args.child, args.steps, args.warmup)
         print(json.dumps(result), flush=True)
         return
-    records = {v: run_child(v, args.steps, args.warmup) for v in VARIANTS}
+    records = {
+        v: run_child(v, args.steps, args.warmup) for v in (*VARIANTS, *ONEDNN_VARIANTS)
+    }
     timing = run_child("alternating", args.steps, args.warmup)
     for record in [*records.values(), timing]:
         print(json.dumps(record))
@@ -241,12 +304,32 @@ def main():
         "time_ratio_equal_length": timing["time_ratio_equal_length"],
         "memory_ratio_equal_length": memory_ratio("prompt-equal-length"),
         "time_ratio_xla": timing["time_ratio_xla"],
+        "time_ratio_prefix": timing["time_ratio_prefix"],
+        "memory_ratio_prefix": memory_ratio("prefix"),
+        "time_ratio_bf16": timing["time_ratio_bf16"],
+        "memory_ratio_bf16": memory_ratio("prompt-bf16"),
+        "time_ratio_bf16_like_for_like": timing["time_ratio_bf16_like_for_like"],
+        "time_ratio_full_bf16": timing["time_ratio_full_bf16"],
+        "time_ratio_prefix_bf16": timing["time_ratio_prefix_bf16"],
+        "memory_ratio_prefix_bf16": memory_ratio("prefix-bf16"),
+        "time_ratio_bf16_no_dropout": timing["time_ratio_bf16_no_dropout"],
+        # oneDNN's graph rewrite is process-wide: separate-process step times.
+        "time_ratio_onednn_separate_processes": records["prompt-onednn"][
+            "step_seconds_median"
+        ]
+        / full["step_seconds_median"],
+        "time_ratio_bf16_separate_processes": records["prompt-bf16"][
+            "step_seconds_median"
+        ]
+        / full["step_seconds_median"],
+        "memory_ratio_onednn": memory_ratio("prompt-onednn"),
         **{k: v for k, v in timing.items() if k.endswith("_step_seconds")},
         **{
             v.replace("-", "_") + "_peak_rss_mb": r["peak_rss_mb"]
             for v, r in records.items()
         },
         "prompt_trainable_parameters": prompt["trainable_parameters"],
+        "prefix_trainable_parameters": records["prefix"]["trainable_parameters"],
         "full_trainable_parameters": full["trainable_parameters"],
         "batch_size": BATCH,
         "sequence_length": SEQUENCE,

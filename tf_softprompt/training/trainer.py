@@ -28,6 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tf_softprompt.training import precision as precision_lib
 from tf_softprompt.training._variables import SEED_STATE_SUFFIX, tf_variable
 from tf_softprompt.training.recompute import recompute_transformer_layers
 
@@ -86,6 +87,11 @@ class Trainer:
         recompute: bool, recompute each transformer layer's activations in
             the backward pass (`recompute_transformer_layers`): less memory,
             one more forward pass per step, the same gradients.
+        precision: `"float32"`, or `"mixed_bfloat16"`: the model is built
+            under Keras' `mixed_bfloat16` policy (`training.precision`), so
+            the frozen base computes in bfloat16 while every variable, and
+            so every trained weight and the optimizer state, stays float32;
+            the loss is computed in float32.
 
     Example:
     ```python
@@ -111,17 +117,20 @@ class Trainer:
         verbose=1,
         loss_fn=sparse_classification_loss,
         recompute=False,
+        precision="float32",
     ):
         self.strategy = strategy or tf.distribute.get_strategy()
         self.global_batch_size = int(global_batch_size)
         self.seed = int(seed)
         self.jit_compile = bool(jit_compile)
         self.verbose = verbose
+        self.precision = precision_lib.check(precision)
         self.loss_fn = loss_fn
         self.chief = is_chief(self.strategy)
         keras.utils.set_random_seed(self.seed)
         with self.strategy.scope():
-            self.model = build_model()
+            with precision_lib.policy(precision):
+                self.model = build_model()
             if recompute:
                 recompute_transformer_layers(self.model)
             self.variables = list(self.model.trainable_variables)

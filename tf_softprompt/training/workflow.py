@@ -4,7 +4,7 @@ This is the workflow behind `tf-softprompt train`:
 
 1. read the data (`splits`) and fix the label order;
 2. load the base (`models`; by default the packaged all-MiniLM-L6-v2) and
-   its preprocessor, under the run's precision (`precision`);
+   its preprocessor; the `Trainer` builds it under the run's precision;
 3. enable prompt tuning with the run's method (`models.enable_prompt`),
    which freezes the base and leaves the prompt and the task head
    trainable;
@@ -25,7 +25,7 @@ import time
 
 import tensorflow as tf
 
-from tf_softprompt.training import evaluation, models, pipeline, precision, run_dir
+from tf_softprompt.training import evaluation, models, pipeline, run_dir
 from tf_softprompt.training.splits import load_splits
 from tf_softprompt.training.trainer import Trainer, is_chief
 
@@ -55,18 +55,15 @@ def _trainer(build, config, strategy, log_dir, verbose, **kwargs):
     the seed, learning rate, batch size, precision and compilation settings.
     """
 
-    def build_under_policy():
-        with precision.policy(config.precision):
-            return build()
-
     return Trainer(
-        build_under_policy,
+        build,
         learning_rate=config.learning_rate,
         global_batch_size=config.batch_size,
         strategy=strategy,
         seed=config.seed,
         jit_compile=config.jit_compile,
         recompute=config.recompute,
+        precision=config.precision,
         log_dir=log_dir,
         verbose=verbose,
         **kwargs,
