@@ -1009,12 +1009,25 @@ def test_sgd_trains_only_the_prefix_also_after_unfreezing_the_model(flavour):
     )
 
 
-def test_only_the_2_p_heads_key_dim_prefix_is_trainable(flavour):
+@pytest.mark.parametrize("attention_state", ["built", "unbuilt", "built_by_call"])
+def test_only_the_2_p_heads_key_dim_prefix_is_trainable(flavour, attention_state):
+    """Also when the wrapped attention is built later, by the wrapper's
+    `build` or (after `build(query_shape)` alone) by its first call: Keras 3
+    then makes its projections trainable whatever its flag says."""
     assert tf_softprompt.PrefixAttention is layers.PrefixAttention
     K = flavour.K
-    layer = _prefix_layer(flavour)
+    if attention_state == "built":
+        attention = flavour.attention()
+    else:
+        attention = K.layers.MultiHeadAttention(HEADS, KEY_DIM)
+    layer = _prefix_layer(flavour, attention)
+    if attention_state == "built_by_call":
+        layer.build((None, None, H))
+        assert not attention.built
+        layer(W[TOKENS], W[TOKENS])
     inputs = K.Input((None, H))
     model = K.Model(inputs, layer(inputs, inputs))
+    assert attention.built
     assert tuple(layer.prefix.shape) == (2, P, HEADS, KEY_DIM)
     assert layer.prefix.dtype == "float32"
     prefix_count = 2 * P * HEADS * KEY_DIM
@@ -1070,8 +1083,11 @@ def test_prefix_model_round_trip_keeps_prefix_attention_and_outputs(
 ):
     flavour = {"keras3": KERAS3, "keras2": KERAS2}[flavour_name]
     K = flavour.K
+    # Built inside the wrapper, as in most models: its weights' names then
+    # differ from those of the attention the loader rebuilds on its own.
+    attention = K.layers.MultiHeadAttention(HEADS, KEY_DIM)
     layer = flavour.PrefixAttention(
-        P, flavour.attention(), prefix_initializer=initializers.uniform(0.3, seed=1)
+        P, attention, prefix_initializer=initializers.uniform(0.3, seed=1)
     )
     ids = K.Input((None,), dtype="int32")
     embedding = flavour.embedding(mask_zero=True)

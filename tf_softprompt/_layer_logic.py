@@ -536,7 +536,7 @@ class PrefixAttentionMixin(FrozenSublayerMixin):
         was_built = attention.built
         with _instance_patch(attention, "_compute_attention", prefixed):
             outputs = attention(query, value, key=key, **kwargs)
-        if not was_built:  # built by this call (tf-keras builds lazily)
+        if not was_built:  # built by this call: see `build`
             self._freeze(attention)
         return outputs
 
