@@ -62,11 +62,11 @@ class Flavour:
         layer.embeddings.assign(W)
         return layer
 
-    def attention(self, seed=0, num_heads=HEADS, key_dim=KEY_DIM):
+    def attention(self, seed=0, num_heads=HEADS, key_dim=KEY_DIM, dtype=None):
         """A built `MultiHeadAttention` on `[B, T, H]` inputs, every kernel and
         bias drawn from N(0, 0.5²) with `seed` (the same values in both
         flavours, which list the weights in the same order)."""
-        layer = self.K.layers.MultiHeadAttention(num_heads, key_dim)
+        layer = self.K.layers.MultiHeadAttention(num_heads, key_dim, dtype=dtype)
         x = np.zeros((1, 2, H), "float32")
         layer(x, x)
         rng = np.random.default_rng(seed)
@@ -1039,6 +1039,22 @@ def test_only_the_2_p_heads_key_dim_prefix_is_trainable(flavour, attention_state
     summary = flavour.summary(model)
     assert f"Trainable params: {prefix_count} " in summary
     assert f"Non-trainable params: {attention_count} " in summary
+
+
+def test_the_prefix_stays_float32_in_a_mixed_precision_attention(flavour):
+    """A bfloat16-computing attention gets the float32 prefix cast to its
+    compute dtype; the trained weight stays float32."""
+    attention = flavour.attention(dtype="mixed_bfloat16")
+    layer = _prefix_layer(flavour, attention)
+    x = W[TOKENS]
+    outputs = layer(x, x, use_causal_mask=True)
+    assert outputs.dtype == "bfloat16" and layer.prefix.dtype == "float32"
+    expected, _ = _reference_attention(
+        attention, x, x, PREFIX, np.broadcast_to(_causal(5, 5), (2, 5, 5))
+    )
+    np.testing.assert_allclose(
+        tf.cast(outputs, tf.float32), expected, rtol=0.05, atol=0.05
+    )
 
 
 def _seeded_prefix_initializers(flavour):
