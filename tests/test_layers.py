@@ -1,6 +1,6 @@
-"""The prompt layers in both Keras flavours: `tf_softprompt.PromptEmbedding`
-and `PromptPrepend` (Keras 3, `tf_softprompt.layers`) and their twins in
-`tf_softprompt.keras2` (tf-keras).
+"""The prompt layers in both Keras flavours: `tf_softprompt.PromptEmbedding`,
+`PromptPrepend` and `PrefixAttention` (Keras 3, `tf_softprompt.layers`) and
+their twins in `tf_softprompt.keras2` (tf-keras).
 
 Every test runs once per flavour through the `flavour` fixture, which names
 the layer module and the Keras it builds on. A behaviour that exists in one
@@ -9,7 +9,10 @@ built once per module and flavour. Every check compares numbers: a prompt
 equal to hard-token embeddings must reproduce the base model, masks must
 reach downstream layers and the loss with the right values, only the
 `[P, H]` prompt may ever change, and a saved or re-created layer keeps every
-constructor argument, its initialiser included.
+constructor argument, its initialiser included. `PrefixAttention` is checked
+against multi-head attention written out here in TensorFlow ops over the
+wrapped layer's kernels, and against the plain attention run on extra hard
+key/value inputs.
 """
 
 import json
@@ -22,9 +25,11 @@ import tensorflow as tf
 import tf_keras
 
 import tf_softprompt
-from tf_softprompt import initializers, keras2, layers
+from tf_softprompt import artifact, initializers, keras2, layers
+from tf_softprompt.methods import prefix as prefix_method
 
 V, H, P, MAXLEN, CLASSES = 40, 8, 3, 16, 3
+HEADS, KEY_DIM = 2, 4  # PrefixAttention's wrapped attention
 RNG = np.random.default_rng(0)
 W = RNG.normal(size=(V, H)).astype("float32")
 HARD = [11, 4, 27]  # the hard tokens t1..tP the soft prompt imitates
@@ -40,6 +45,7 @@ class Flavour:
         self.K = K
         self.PromptEmbedding = module.PromptEmbedding
         self.PromptPrepend = module.PromptPrepend
+        self.PrefixAttention = module.PrefixAttention
         self._position = position
 
     def __repr__(self):
@@ -54,6 +60,18 @@ class Flavour:
         layer = self.K.layers.Embedding(V, H, mask_zero=mask_zero)
         layer.build((None, None))
         layer.embeddings.assign(W)
+        return layer
+
+    def attention(self, seed=0, num_heads=HEADS, key_dim=KEY_DIM, dtype=None):
+        """A built `MultiHeadAttention` on `[B, T, H]` inputs, every kernel and
+        bias drawn from N(0, 0.5²) with `seed` (the same values in both
+        flavours, which list the weights in the same order)."""
+        layer = self.K.layers.MultiHeadAttention(num_heads, key_dim, dtype=dtype)
+        x = np.zeros((1, 2, H), "float32")
+        layer(x, x)
+        rng = np.random.default_rng(seed)
+        for weight in layer.weights:
+            weight.assign(rng.normal(scale=0.5, size=weight.shape).astype("float32"))
         return layer
 
     def model(self, build):
@@ -490,6 +508,16 @@ def _json_round_trip(config):
     return json.loads(json.dumps(config))
 
 
+def _constructor_config(config):
+    """A `PrefixAttention` config without the wrapped attention's
+    `build_config`: tf-keras records there the shapes of the attention's
+    first call (`[None, None, 8]` in a reloaded functional model), which are
+    not a constructor argument."""
+    config = _json_round_trip(config)
+    config["attention"].pop("build_config", None)
+    return config
+
+
 def test_get_config_round_trips_every_constructor_argument(flavour):
     init = initializers.from_token_ids(W, [HARD[0]], fallback=initializers.uniform())
     embedding = flavour.PromptEmbedding.from_matrix(
@@ -735,3 +763,484 @@ def test_non_positive_prompt_length_is_refused(flavour, bad_p):
 def test_negative_offset_is_refused(flavour):
     with pytest.raises(ValueError, match="offset=-1"):
         flavour.PromptPrepend(P, offset=-1)
+
+
+# Prefix attention (form 3) ---------------------------------------------------
+
+PREFIX = RNG.normal(size=(2, P, HEADS, KEY_DIM)).astype("float32")
+PADDED = np.array([[1, 5, 0, 9, 0], [4, 3, 8, 6, 2]], "int32")
+SOURCE = np.array([[7, 2, 9, 4, 1, 3], [6, 8, 5, 2, 9, 1]], "int32")
+NO_PREFIX = np.zeros((2, 0, HEADS, KEY_DIM), "float32")
+
+
+def _projections(attention):
+    """`{name: (kernel, bias)}` of the attention's four projections."""
+    return {
+        "query": attention._query_dense,
+        "key": attention._key_dense,
+        "value": attention._value_dense,
+        "attention_output": attention._output_dense,
+    }
+
+
+def _reference_attention(attention, query, value, prefix, visible, key=None):
+    """Multi-head attention written out in TensorFlow ops, in float64.
+
+    The queries attend to the P prefix keys/values (always) and to the
+    projected real keys/values where `visible` (`[B, T, S]` bool) is True.
+
+    Returns:
+        `(outputs [B, T, H], probabilities [B, heads, T, P + S])`.
+    """
+
+    def project(x, name):
+        dense = _projections(attention)[name]
+        kernel, bias = (tf.cast(w, tf.float64) for w in (dense.kernel, dense.bias))
+        return tf.einsum("bse,end->bsnd", tf.cast(x, tf.float64), kernel) + bias
+
+    key = value if key is None else key
+    q, k, v = project(query, "query"), project(key, "key"), project(value, "value")
+    batch, queries = q.shape[0], q.shape[1]
+    prefix = tf.cast(prefix, tf.float64)
+    k = tf.concat([tf.broadcast_to(prefix[0], (batch, *prefix.shape[1:])), k], 1)
+    v = tf.concat([tf.broadcast_to(prefix[1], (batch, *prefix.shape[1:])), v], 1)
+    visible = np.concatenate(
+        [np.ones((batch, queries, prefix.shape[1]), bool), visible], axis=2
+    )
+    scores = tf.einsum("btnd,bsnd->bnts", q, k) / np.sqrt(KEY_DIM)
+    probabilities = tf.nn.softmax(tf.where(visible[:, None], scores, -np.inf), -1)
+    context = tf.einsum("bnts,bsnd->btnd", probabilities, v)
+    dense = _projections(attention)["attention_output"]
+    outputs = tf.einsum("btnd,nde->bte", context, tf.cast(dense.kernel, tf.float64))
+    return outputs + tf.cast(dense.bias, tf.float64), probabilities
+
+
+def _prefix_layer(flavour, attention=None, prefix=PREFIX, **kwargs):
+    return flavour.PrefixAttention(
+        P,
+        attention or flavour.attention(),
+        prefix_initializer=initializers.from_array(prefix),
+        **kwargs,
+    )
+
+
+def _causal(queries, keys):
+    return np.tril(np.ones((queries, keys), bool))
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "no_mask",
+        "padding",
+        "causal",
+        "padding_causal",
+        "attention_mask",
+        "cross_query_padding",
+    ],
+)
+def test_prefix_attention_matches_the_reference_under_every_mask(flavour, case):
+    """Keras masks (from `mask_zero` embeddings), `use_causal_mask` (Keras 3
+    takes its causal-only fast path when no other mask is present) and an
+    explicit `attention_mask` all restrict the real keys only: every query,
+    a padded one included, sees the P prefix keys."""
+    K = flavour.K
+    layer = _prefix_layer(flavour)
+    padded, cross = "padding" in case, case.startswith("cross")
+    query_ids = K.Input((None,), dtype="int32")
+    inputs, feeds = [query_ids], [PADDED]
+    query = flavour.embedding(mask_zero=padded)(query_ids)
+    value, value_ids = query, PADDED
+    if cross:  # a masked query over an unmasked, longer source
+        inputs.append(K.Input((None,), dtype="int32"))
+        feeds.append(SOURCE)
+        value, value_ids = flavour.embedding()(inputs[-1]), SOURCE
+    (batch, queries), keys = PADDED.shape, value_ids.shape[1]
+    visible = np.ones((batch, queries, keys), bool)
+    kwargs = {}
+    if padded:
+        visible &= (PADDED != 0)[:, :, None]
+        if not cross:
+            visible &= (PADDED != 0)[:, None, :]
+    if "causal" in case:
+        kwargs["use_causal_mask"] = True
+        visible &= _causal(queries, keys)
+    if case == "attention_mask":
+        explicit = np.random.default_rng(3).random(visible.shape) > 0.4
+        inputs.append(K.Input((None, None), dtype="bool"))
+        feeds.append(explicit)
+        kwargs["attention_mask"] = inputs[-1]
+        visible &= explicit
+    model = K.Model(inputs, layer(query, value, **kwargs))
+    outputs = np.asarray(model(feeds))
+    assert outputs.shape == (batch, queries, H)
+    expected, _ = _reference_attention(
+        layer.attention, W[PADDED], W[value_ids], PREFIX, visible
+    )
+    np.testing.assert_allclose(outputs, expected, atol=1e-5)
+
+
+def test_a_prefix_of_projected_extra_inputs_equals_attending_to_those_inputs(flavour):
+    """Independent of the reference above: with the prefix set to the keys
+    and values the attention's own projections make of P extra key and
+    value vectors, the layer gives what the plain attention gives over the
+    extra vectors concatenated in front of `key` and `value` (non-causal;
+    the attention has no positions)."""
+    attention = flavour.attention()
+    rng = np.random.default_rng(5)
+    extra_key, extra_value = rng.normal(size=(2, P, H)).astype("float32")
+    kernels = {
+        name: (dense.kernel.numpy(), dense.bias.numpy())
+        for name, dense in _projections(attention).items()
+    }
+    prefix = np.stack(
+        [
+            np.einsum("pe,end->pnd", extra, kernels[name][0]) + kernels[name][1]
+            for extra, name in ((extra_key, "key"), (extra_value, "value"))
+        ]
+    ).astype("float32")
+    layer = _prefix_layer(flavour, attention, prefix)
+    query = rng.normal(size=(2, 4, H)).astype("float32")
+    value, key = rng.normal(size=(2, 2, 6, H)).astype("float32")
+    mask = rng.random((2, 4, 6)) > 0.3
+
+    def extended(extra, x):
+        return np.concatenate([np.broadcast_to(extra, (2, P, H)), x], axis=1)
+
+    plain = attention(
+        query,
+        extended(extra_value, value),
+        key=extended(extra_key, key),
+        attention_mask=np.concatenate([np.ones((2, 4, P), bool), mask], axis=2),
+    )
+    prefixed = layer(query, value, key=key, attention_mask=mask)
+    np.testing.assert_allclose(prefixed, plain, atol=1e-5)
+
+
+def test_attention_scores_cover_the_prefix_then_the_keys(flavour):
+    layer = _prefix_layer(flavour)
+    x = W[TOKENS]
+    T = x.shape[1]
+    outputs, scores = layer(x, x, use_causal_mask=True, return_attention_scores=True)
+    assert outputs.shape == x.shape
+    assert tuple(scores.shape) == (2, HEADS, T, P + T)
+    _, probabilities = _reference_attention(
+        layer.attention, x, x, PREFIX, np.broadcast_to(_causal(T, T), (2, T, T))
+    )
+    np.testing.assert_allclose(scores, probabilities, atol=1e-6)
+    scores = np.asarray(scores)
+    # The first query sees the whole prefix and its own key, no later key.
+    assert np.all(scores[:, :, 0, : P + 1] > 0)
+    np.testing.assert_array_equal(scores[:, :, 0, P + 1 :], 0.0)
+
+
+def test_the_wrapped_attention_is_prefixed_only_inside_the_layer(flavour):
+    """The attention is shared, not copied: in the same model, called
+    directly, it stays the plain attention, also after a call that raised."""
+    K = flavour.K
+    attention = flavour.attention()
+    layer = _prefix_layer(flavour, attention)
+    x = W[TOKENS]
+    everything = np.ones((2, 5, 5), bool)
+    plain, _ = _reference_attention(attention, x, x, NO_PREFIX, everything)
+    expected, _ = _reference_attention(attention, x, x, PREFIX, everything)
+    inputs = K.Input((None, H))
+    model = K.Model(inputs, [layer(inputs, inputs), attention(inputs, inputs)])
+    prefixed, direct = model(x)
+    np.testing.assert_allclose(prefixed, expected, atol=1e-5)
+    np.testing.assert_allclose(direct, plain, atol=1e-5)
+    assert "_compute_attention" not in vars(attention)
+    with pytest.raises((tf.errors.InvalidArgumentError, ValueError)):
+        layer(x, x, attention_mask=np.ones((2, 5, 4), bool))  # 4 keys, not 5
+    assert "_compute_attention" not in vars(attention)
+    np.testing.assert_allclose(attention(x, x), plain, atol=1e-5)
+
+
+def test_prefix_gradient_matches_the_reference_gradient(flavour):
+    layer = _prefix_layer(flavour)
+    x = W[PADDED]
+    visible = (PADDED != 0)[:, None, :] & _causal(5, 5)
+    weights = np.random.default_rng(4).normal(size=(2, 5, H))
+    with tf.GradientTape() as tape:
+        outputs = layer(x, x, attention_mask=visible)
+        loss = tf.reduce_sum(tf.cast(outputs, tf.float64) * weights)
+    assert [v is layer.prefix for v in layer.trainable_variables] == [True]
+    (grad,) = tape.gradient(loss, layer.trainable_variables)
+    prefix = tf.Variable(PREFIX.astype("float64"))
+    with tf.GradientTape() as tape:
+        expected, _ = _reference_attention(layer.attention, x, x, prefix, visible)
+        expected_loss = tf.reduce_sum(expected * weights)
+    expected_grad = tape.gradient(expected_loss, prefix).numpy()
+    assert np.abs(expected_grad).min() > 0  # every prefix number matters
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-4, atol=1e-5)
+
+
+def test_sgd_trains_only_the_prefix_also_after_unfreezing_the_model(flavour):
+    """One SGD step moves the prefix by exactly `-lr * gradient` (gradient
+    from the reference) and leaves every attention weight bit-identical,
+    after the model was frozen and unfrozen again."""
+    K = flavour.K
+    attention = flavour.attention()
+    layer = _prefix_layer(flavour, attention)
+    inputs = K.Input((None, H))
+    model = K.Model(inputs, layer(inputs, inputs, use_causal_mask=True))
+    model.trainable = False
+    assert model.trainable_weights == []
+    model.trainable = True
+    assert [v is layer.prefix for v in model.trainable_weights] == [True]
+    if flavour is KERAS3:
+        assert attention.trainable is False
+    x = W[TOKENS]
+    targets = np.random.default_rng(6).normal(size=(2, 5, H)).astype("float32")
+    prefix = tf.Variable(PREFIX.astype("float64"))
+    with tf.GradientTape() as tape:
+        outputs, _ = _reference_attention(
+            attention, x, x, prefix, np.broadcast_to(_causal(5, 5), (2, 5, 5))
+        )
+        loss = tf.reduce_mean((outputs - targets) ** 2)  # Keras' "mse"
+    expected_grad = tape.gradient(loss, prefix).numpy()
+    before = [w.numpy().copy() for w in attention.weights]
+    model.compile(K.optimizers.SGD(0.5), "mse")
+    model.fit(x, targets, batch_size=2, epochs=1, verbose=0)
+    for weight, value in zip(attention.weights, before):
+        assert np.array_equal(weight.numpy(), value)
+    np.testing.assert_allclose(
+        layer.prefix.numpy(), PREFIX - 0.5 * expected_grad, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("attention_state", ["built", "unbuilt", "built_by_call"])
+def test_only_the_2_p_heads_key_dim_prefix_is_trainable(flavour, attention_state):
+    """Also when the wrapped attention is built later, by the wrapper's
+    `build` or (after `build(query_shape)` alone) by its first call: Keras 3
+    then makes its projections trainable whatever its flag says."""
+    assert tf_softprompt.PrefixAttention is layers.PrefixAttention
+    K = flavour.K
+    if attention_state == "built":
+        attention = flavour.attention()
+    else:
+        attention = K.layers.MultiHeadAttention(HEADS, KEY_DIM)
+    layer = _prefix_layer(flavour, attention)
+    if attention_state == "built_by_call":
+        layer.build((None, None, H))
+        assert not attention.built
+        layer(W[TOKENS], W[TOKENS])
+    inputs = K.Input((None, H))
+    model = K.Model(inputs, layer(inputs, inputs))
+    assert attention.built
+    assert tuple(layer.prefix.shape) == (2, P, HEADS, KEY_DIM)
+    assert layer.prefix.dtype == "float32"
+    prefix_count = 2 * P * HEADS * KEY_DIM
+    attention_count = (
+        3 * (H * HEADS * KEY_DIM + HEADS * KEY_DIM) + HEADS * KEY_DIM * H + H
+    )
+    assert sum(np.prod(v.shape) for v in model.trainable_weights) == prefix_count
+    assert model.count_params() == prefix_count + attention_count
+    summary = flavour.summary(model)
+    assert f"Trainable params: {prefix_count} " in summary
+    assert f"Non-trainable params: {attention_count} " in summary
+
+
+def test_the_prefix_stays_float32_in_a_mixed_precision_attention(flavour):
+    """A bfloat16-computing attention gets the float32 prefix cast to its
+    compute dtype; the trained weight stays float32."""
+    attention = flavour.attention(dtype="mixed_bfloat16")
+    layer = _prefix_layer(flavour, attention)
+    x = W[TOKENS]
+    outputs = layer(x, x, use_causal_mask=True)
+    assert outputs.dtype == "bfloat16" and layer.prefix.dtype == "float32"
+    expected, _ = _reference_attention(
+        attention, x, x, PREFIX, np.broadcast_to(_causal(5, 5), (2, 5, 5))
+    )
+    np.testing.assert_allclose(
+        tf.cast(outputs, tf.float32), expected, rtol=0.05, atol=0.05
+    )
+
+
+def _seeded_prefix_initializers(flavour):
+    return {
+        "uniform": initializers.uniform(scale=0.2, seed=3),
+        "from_array": initializers.from_array(PREFIX),
+        "keras": flavour.K.initializers.RandomNormal(stddev=0.3, seed=5),
+    }
+
+
+@pytest.mark.parametrize("kind", ["uniform", "from_array", "keras"])
+def test_prefix_attention_config_round_trips_and_rebuilds_the_same_prefix(
+    flavour, kind
+):
+    init = _seeded_prefix_initializers(flavour)[kind]
+    layer = flavour.PrefixAttention(
+        P, flavour.attention(), prefix_initializer=init, name="pa"
+    )
+    x = W[TOKENS]
+    layer(x, x)
+    config = _json_round_trip(layer.get_config())
+    assert config["prefix_initializer"] == _json_round_trip(
+        initializers.serialize(init)
+    )
+    clone = flavour.PrefixAttention.from_config(config)
+    assert (clone.num_prompt_tokens, clone.name) == (P, "pa")
+    assert (clone.num_heads, clone.key_dim) == (HEADS, KEY_DIM)
+    assert isinstance(clone.attention, flavour.K.layers.MultiHeadAttention)
+    assert clone.attention is not layer.attention
+    assert clone.attention.trainable is False
+    clone(x, x)
+    np.testing.assert_array_equal(clone.prefix.numpy(), layer.prefix.numpy())
+    assert _constructor_config(clone.get_config()) == _constructor_config(config)
+
+
+@pytest.mark.parametrize(
+    "flavour_name, fmt",
+    [("keras3", "keras"), ("keras2", "h5"), ("keras2", "tf"), ("keras2", "keras")],
+)
+def test_prefix_model_round_trip_keeps_prefix_attention_and_outputs(
+    tmp_path, flavour_name, fmt
+):
+    flavour = {"keras3": KERAS3, "keras2": KERAS2}[flavour_name]
+    K = flavour.K
+    # Built inside the wrapper, as in most models: its weights' names then
+    # differ from those of the attention the loader rebuilds on its own.
+    attention = K.layers.MultiHeadAttention(HEADS, KEY_DIM)
+    layer = flavour.PrefixAttention(
+        P, attention, prefix_initializer=initializers.uniform(0.3, seed=1)
+    )
+    ids = K.Input((None,), dtype="int32")
+    embedding = flavour.embedding(mask_zero=True)
+    embedding.trainable = False
+    x = embedding(ids)
+    model = K.Model(ids, K.layers.Dense(2)(layer(x, x, use_causal_mask=True)))
+    layer.prefix.assign(layer.prefix + 1.0)  # trained: not the initial values
+    path = str(tmp_path / {"keras": "m.keras", "h5": "m.h5", "tf": "saved_model"}[fmt])
+    if flavour is KERAS3:
+        model.save(path)
+    else:
+        model.save(path, save_format=fmt)
+    loaded = K.models.load_model(path)
+    again = _layer_of(loaded, flavour.PrefixAttention)
+    np.testing.assert_array_equal(again.prefix.numpy(), layer.prefix.numpy())
+    for weight, original in zip(again.attention.weights, layer.attention.weights):
+        np.testing.assert_array_equal(weight.numpy(), original.numpy())
+    assert _constructor_config(again.get_config()) == _constructor_config(
+        layer.get_config()
+    )
+    # The weights' names change with where they were built; the fingerprint
+    # must not, or the reloaded model would refuse its own prefix.
+    assert again.base_fingerprint == layer.base_fingerprint
+    trainable = sum(np.prod(v.shape) for v in loaded.trainable_weights)
+    assert trainable == 2 * P * HEADS * KEY_DIM + H * 2 + 2
+    np.testing.assert_allclose(loaded(PADDED), model(PADDED), atol=1e-6)
+
+
+def test_prefix_artifact_round_trip_and_metadata(flavour, tmp_path):
+    layer = _prefix_layer(flavour)
+    x = W[TOKENS]
+    layer(x, x)
+    path = str(tmp_path / "task.prompt.npz")
+    meta = layer.save_prompt(path, task="sst2")
+    assert meta["method"] == "prefix" and meta["task"] == "sst2"
+    assert meta["shape"] == [1, 2, P, HEADS, KEY_DIM]
+    assert (meta["num_layers"], meta["num_key_value_heads"], meta["head_dim"]) == (
+        1,
+        HEADS,
+        KEY_DIM,
+    )
+    assert (meta["hidden_dim"], meta["num_prompt_tokens"]) == (H, P)
+    assert "vocab_size" not in meta  # a MultiHeadAttention has no vocabulary
+    # The fingerprint covers the attention's weights, named relative to it.
+    named = [
+        (f"{name}/{kind}", getattr(dense, kind).numpy())
+        for name, dense in _projections(layer.attention).items()
+        for kind in ("kernel", "bias")
+    ]
+    assert meta["base_fingerprint"] == artifact.weights_fingerprint(named)
+    with np.load(path) as data:
+        np.testing.assert_array_equal(data["prompt"], PREFIX[None])
+    layer.prefix.assign(np.zeros_like(PREFIX))
+    layer.load_prompt(path)
+    np.testing.assert_array_equal(layer.prefix.numpy(), PREFIX)
+
+
+def test_a_prefix_artifact_is_refused_where_it_does_not_belong(flavour, tmp_path):
+    x = W[TOKENS]
+    layer = _prefix_layer(flavour)
+    layer(x, x)
+    path = str(tmp_path / "task.prompt.npz")
+    layer.save_prompt(path)
+
+    other = _prefix_layer(flavour, flavour.attention(seed=1))
+    other(x, x)
+    with pytest.raises(ValueError, match="base_fingerprint") as error:
+        other.load_prompt(path)
+    assert layer.base_fingerprint in str(error.value)
+    assert other.base_fingerprint in str(error.value)
+
+    longer = flavour.PrefixAttention(P + 1, flavour.attention())
+    longer(x, x)
+    with pytest.raises(ValueError, match=r"\[1, 2, 3, 2, 4\].*\[1, 2, 4, 2, 4\]"):
+        longer.load_prompt(path)
+
+    wider = flavour.PrefixAttention(P, flavour.attention(num_heads=4))
+    wider(x, x)
+    with pytest.raises(
+        ValueError, match="num_key_value_heads=2.*num_key_value_heads=4"
+    ):
+        wider.load_prompt(path)
+
+    embedding_path = str(tmp_path / "embedding.prompt.npz")
+    artifact.save_prompt(embedding_path, W[:P], W)
+    with pytest.raises(ValueError, match="method='embedding'.*method='prefix'"):
+        layer.load_prompt(embedding_path)
+
+    unbuilt = flavour.PrefixAttention(P, flavour.K.layers.MultiHeadAttention(2, 4))
+    with pytest.raises(ValueError, match="not built yet"):
+        unbuilt.load_prompt(path)
+    np.testing.assert_array_equal(other.prefix.numpy(), PREFIX)  # unchanged
+
+
+def test_a_prefix_artifact_moves_between_flavours_over_the_same_weights(tmp_path):
+    """Both flavours name an attention's weights alike (`query/kernel`, ...),
+    so a prefix saved from tf-keras loads into a Keras 3 attention holding
+    the same weights, and gives the same outputs."""
+    x = W[TOKENS]
+    keras2_layer = _prefix_layer(KERAS2)
+    expected = keras2_layer(x, x)
+    path = str(tmp_path / "task.prompt.npz")
+    keras2_layer.save_prompt(path)
+    keras3_layer = KERAS3.PrefixAttention(P, KERAS3.attention())
+    keras3_layer(x, x)
+    keras3_layer.load_prompt(path)
+    np.testing.assert_array_equal(keras3_layer.prefix.numpy(), PREFIX)
+    np.testing.assert_allclose(keras3_layer(x, x), expected, atol=1e-6)
+
+
+def test_prefix_attention_refuses_what_it_cannot_prefix(flavour):
+    K = flavour.K
+    with pytest.raises(ValueError, match=r"key_dim=4, value_dim=8.*value_dim=None"):
+        flavour.PrefixAttention(P, K.layers.MultiHeadAttention(2, 4, value_dim=8))
+    with pytest.raises(ValueError, match=r"attention_axes=\(1, 2\).*=None"):
+        flavour.PrefixAttention(
+            P, K.layers.MultiHeadAttention(2, 4, attention_axes=(1, 2))
+        )
+    with pytest.raises(ValueError, match=r"MultiHeadAttention.*Received: Dense"):
+        flavour.PrefixAttention(P, K.layers.Dense(2))
+    other = (KERAS2 if flavour is KERAS3 else KERAS3).K
+    with pytest.raises(ValueError, match="this flavour's MultiHeadAttention"):
+        flavour.PrefixAttention(P, other.layers.MultiHeadAttention(2, 4))
+    with pytest.raises(ValueError, match="num_prompt_tokens=0"):
+        flavour.PrefixAttention(0, K.layers.MultiHeadAttention(2, 4))
+    with pytest.raises(ValueError, match=r"reads a \[V, H\] vocabulary.*from_array"):
+        flavour.PrefixAttention(
+            P,
+            K.layers.MultiHeadAttention(2, 4),
+            prefix_initializer=initializers.from_token_ids(W, [1]),
+        )
+    with pytest.raises(ValueError, match=r"keras-hub.*from_array"):
+        flavour.PrefixAttention(
+            P,
+            K.layers.MultiHeadAttention(2, 4),
+            prefix_initializer=prefix_method.from_token_ids([1, 2, 3]),
+        )
+    layer = flavour.PrefixAttention(P, K.layers.MultiHeadAttention(2, 4))
+    with pytest.raises(ValueError, match="rank-3 `query`"):
+        layer(np.zeros((2, H), "float32"), np.zeros((2, 5, H), "float32"))

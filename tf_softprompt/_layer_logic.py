@@ -4,13 +4,18 @@ The mixins here hold everything the two flavours have in common: argument
 checks, weight creation, `call`, `compute_mask`, `get_config` and the prompt
 artifact methods, all over `tf_softprompt.ops`. A shell
 (`tf_softprompt.layers` for Keras 3, `tf_softprompt.keras2` for Keras 2)
-only names its base `Layer` class, its `Embedding` class and its
-(de)serialisation functions.
+only names its base `Layer` class, its `Embedding` and `MultiHeadAttention`
+classes and its (de)serialisation functions. `FrozenSublayerMixin` keeps a
+wrapped sublayer (the vocabulary embedding, the attention) frozen for both
+kinds of wrapper.
 """
+
+import contextlib
+import copy
 
 import tensorflow as tf
 
-from tf_softprompt import artifact, initializers, ops
+from tf_softprompt import artifact, initializers, methods, ops
 from tf_softprompt.validation import check_num_prompt_tokens, check_offset
 
 
@@ -33,20 +38,77 @@ def _with(variables, added):
     return variables + _without(added, variables)
 
 
-def _initializer_config(layer, vocabulary_available):
-    """`layer.prompt_initializer` as a config, or a clear error on save.
+def _initializer_config(layer, vocabulary_available, attribute="prompt_initializer"):
+    """`layer.<attribute>` (an initialiser) as a config, or a clear error on save.
 
     The config keeps the initialiser's arguments, so a re-created layer
     builds the same starting prompt (see `tf_softprompt.initializers`).
     """
     try:
         return initializers.serialize(
-            layer.prompt_initializer, vocabulary_available=vocabulary_available
+            getattr(layer, attribute), vocabulary_available=vocabulary_available
         )
     except ValueError as error:
         raise ValueError(
-            f"Layer {layer.name!r} cannot save its `prompt_initializer`. {error}"
+            f"Layer {layer.name!r} cannot save its `{attribute}`. {error}"
         ) from error
+
+
+class FrozenSublayerMixin:
+    """A layer around a frozen sublayer that must stay frozen.
+
+    The sublayer (`PromptEmbedding`'s vocabulary embedding,
+    `PrefixAttention`'s attention) is named by `_frozen_sublayer`, the
+    attribute holding it. It is frozen with `sublayer.trainable = False`
+    (never its variables: tf-keras variables cannot change `trainable` after
+    creation) and stays frozen whatever happens to `trainable` later. Both
+    Keras flavours set `trainable` recursively, so `model.trainable = True`
+    (e.g. unfreezing after a frozen phase) would switch the sublayer back
+    on. Keras 3 decides per variable (`variable.trainable`), so the setter
+    re-freezes the sublayer; tf-keras sets `_trainable` on every nested layer
+    directly, so the weight lists also leave the sublayer's weights out.
+    """
+
+    _frozen_sublayer = None
+
+    def _freeze(self, sublayer):
+        # Through the setter itself: TF's attribute tracking skips
+        # `sublayer.trainable = False` when the flag already is False, but
+        # Keras 3 sublayers built since then (a MultiHeadAttention's
+        # projections) are trainable.
+        type(sublayer).trainable.fset(sublayer, False)
+        return sublayer
+
+    @property
+    def trainable(self):
+        return _base_property(self, FrozenSublayerMixin, "trainable").fget(self)
+
+    @trainable.setter
+    def trainable(self, value):
+        _base_property(self, FrozenSublayerMixin, "trainable").fset(self, value)
+        sublayer = self.__dict__.get(self._frozen_sublayer)
+        if sublayer is not None:
+            self._freeze(sublayer)
+
+    def _frozen_weights(self):
+        sublayer = self.__dict__.get(self._frozen_sublayer)
+        return [] if sublayer is None else list(sublayer.weights)
+
+    @property
+    def trainable_weights(self):
+        return _without(super().trainable_weights, self._frozen_weights())
+
+    @property
+    def trainable_variables(self):
+        return _without(super().trainable_variables, self._frozen_weights())
+
+    @property
+    def non_trainable_weights(self):
+        return _with(super().non_trainable_weights, self._frozen_weights())
+
+    @property
+    def non_trainable_variables(self):
+        return _with(super().non_trainable_variables, self._frozen_weights())
 
 
 class PromptWeightsMixin:
@@ -127,7 +189,7 @@ class PromptWeightsMixin:
         return vocabulary
 
 
-class PromptEmbeddingMixin(PromptWeightsMixin):
+class PromptEmbeddingMixin(FrozenSublayerMixin, PromptWeightsMixin):
     """Form 1: an embedding with P trainable virtual tokens after V frozen ids.
 
     Shells set `_embedding_class`, `_serialize` and `_deserialize`.
@@ -135,6 +197,7 @@ class PromptEmbeddingMixin(PromptWeightsMixin):
 
     method = "embedding"
     offset = 0
+    _frozen_sublayer = "embedding"
 
     def _prompt_metadata(self):
         # Where the virtual ids sit is the caller's choice, not the layer's.
@@ -165,10 +228,7 @@ class PromptEmbeddingMixin(PromptWeightsMixin):
             embedding = self._embedding_class(
                 input_dim, output_dim, name="vocabulary_embedding"
             )
-        # Freeze the source layer, never its variable: tf-keras variables
-        # cannot change `trainable` after creation.
-        embedding.trainable = False
-        self.embedding = embedding
+        self.embedding = self._freeze(embedding)
         self.input_dim = int(embedding.input_dim)
         self.output_dim = int(embedding.output_dim)
         if mask_zero is None:
@@ -257,44 +317,6 @@ class PromptEmbeddingMixin(PromptWeightsMixin):
     def _vocabulary_for_artifact(self, vocabulary):
         return self.vocabulary if vocabulary is None else vocabulary
 
-    # The vocabulary must stay frozen whatever happens to `trainable`. Both
-    # Keras flavours set `trainable` recursively: `model.trainable = True`
-    # (e.g. unfreezing after a frozen phase) would switch the wrapped
-    # embedding back on. Keras 3 decides per variable (`variable.trainable`),
-    # so the setter re-freezes the sublayer; tf-keras sets `_trainable` on
-    # every nested layer directly, so the weight lists also leave it out.
-
-    @property
-    def trainable(self):
-        return _base_property(self, PromptEmbeddingMixin, "trainable").fget(self)
-
-    @trainable.setter
-    def trainable(self, value):
-        _base_property(self, PromptEmbeddingMixin, "trainable").fset(self, value)
-        embedding = self.__dict__.get("embedding")
-        if embedding is not None:
-            embedding.trainable = False
-
-    def _frozen_weights(self):
-        embedding = self.__dict__.get("embedding")
-        return [] if embedding is None else list(embedding.weights)
-
-    @property
-    def trainable_weights(self):
-        return _without(super().trainable_weights, self._frozen_weights())
-
-    @property
-    def trainable_variables(self):
-        return _without(super().trainable_variables, self._frozen_weights())
-
-    @property
-    def non_trainable_weights(self):
-        return _with(super().non_trainable_weights, self._frozen_weights())
-
-    @property
-    def non_trainable_variables(self):
-        return _with(super().non_trainable_variables, self._frozen_weights())
-
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -370,3 +392,272 @@ class PromptPrependMixin(PromptWeightsMixin):
             }
         )
         return config
+
+
+@contextlib.contextmanager
+def _instance_patch(owner, attribute, replacement):
+    """Set `owner.<attribute>` for the duration of a `with` block only.
+
+    Bypasses Keras' attribute tracking, and restores what was there (an
+    earlier instance attribute, or the class's method) even on error.
+    """
+    had = attribute in owner.__dict__
+    previous = owner.__dict__.get(attribute)
+    object.__setattr__(owner, attribute, replacement)
+    try:
+        yield
+    finally:
+        if had:
+            object.__setattr__(owner, attribute, previous)
+        else:
+            object.__delattr__(owner, attribute)
+
+
+def _attention_weight_name(variable):
+    """A weight's name relative to its attention layer, e.g. `"query/kernel"`.
+
+    Keras 3 paths and tf-keras names carry the scopes the weight was built
+    in (`"outer/multi_head_attention/query/kernel"` when first called inside
+    another layer, `"multi_head_attention/query/kernel"` when rebuilt from a
+    saved model), so the full name would change a fingerprint on reload.
+    Every `MultiHeadAttention` weight lives in a projection sublayer:
+    `<sublayer>/<weight>` is stable, and the same in both flavours.
+    """
+    name = getattr(variable, "path", None) or variable.name
+    return "/".join(name.split(":")[0].split("/")[-2:])
+
+
+class PrefixAttentionMixin(FrozenSublayerMixin):
+    """Form 3 for a plain Keras model: a prefix in one `MultiHeadAttention`.
+
+    Shells set `_attention_class`, `_serialize` and `_deserialize`.
+    """
+
+    method = "prefix"
+    _frozen_sublayer = "attention"
+
+    def __init__(
+        self, num_prompt_tokens, attention, prefix_initializer="uniform", **kwargs
+    ):
+        super().__init__(**kwargs)
+        self.num_prompt_tokens = check_num_prompt_tokens(num_prompt_tokens)
+        if isinstance(attention, dict):
+            # tf-keras' `MultiHeadAttention.from_config` pops keys from the
+            # config it is given: keep the caller's intact.
+            attention = self._deserialize(copy.deepcopy(attention))
+        if not isinstance(attention, self._attention_class):
+            raise ValueError(
+                f"`attention` must be a `{self._attention_class.__module__}."
+                f"{self._attention_class.__name__}` layer (this flavour's "
+                f"MultiHeadAttention). Received: {type(attention).__name__} "
+                f"{attention!r}."
+            )
+        # tf-keras' MultiHeadAttention has no public `key_dim`/`value_dim`;
+        # both flavours keep these private attributes.
+        num_heads, key_dim = int(attention._num_heads), int(attention._key_dim)
+        value_dim = int(attention._value_dim)
+        if value_dim != key_dim:
+            raise ValueError(
+                "PrefixAttention needs equal key and value sizes: the prefix "
+                "holds keys and values in one [2, P, num_heads, key_dim] weight. "
+                f"Received: {attention.name} with key_dim={key_dim}, "
+                f"value_dim={value_dim}. Build the attention with "
+                "value_dim=None (or equal to key_dim)."
+            )
+        axes = attention._attention_axes
+        if isinstance(axes, int):
+            axes = (axes,)
+        if axes is not None and tuple(axes) != (1,):
+            raise ValueError(
+                "PrefixAttention supports attention over the sequence axis only "
+                "(inputs of shape (batch_size, sequence_length, dim)). Received: "
+                f"{attention.name} with attention_axes={attention._attention_axes}. "
+                "Build the attention with attention_axes=None."
+            )
+        self.attention = self._freeze(attention)
+        self.num_heads = num_heads
+        self.key_dim = key_dim
+        if isinstance(prefix_initializer, methods.prefix.KeyValueInitializer):
+            raise ValueError(
+                f"The prefix initializer {prefix_initializer.description} runs a "
+                "keras-hub model to read its keys and values; it works with "
+                "`tf_softprompt.hub.enable_prompt_tuning` only. Pass "
+                "`prefix_initializer=tf_softprompt.initializers.from_array(values)` "
+                "with the [2, num_prompt_tokens, num_heads, key_dim] keys and values "
+                "instead."
+            )
+        self.prefix_initializer = initializers.get(prefix_initializer)
+        if getattr(self.prefix_initializer, "needs_vocabulary", False):
+            raise ValueError(
+                f"The prefix initializer {self.prefix_initializer.description} "
+                "reads a [V, H] vocabulary, but a prefix is "
+                "[2, num_prompt_tokens, num_heads, key_dim] keys and values. Pass "
+                "`prefix_initializer=tf_softprompt.initializers.from_array(values)` "
+                "or 'uniform'."
+            )
+        self.supports_masking = True
+
+    @property
+    def prefix_shape(self):
+        """`(2, P, num_heads, key_dim)`: index 0 keys, 1 values."""
+        return (2, self.num_prompt_tokens, self.num_heads, self.key_dim)
+
+    def build(self, query_shape=None, value_shape=None, key_shape=None):
+        if not self.attention.built and value_shape is not None:
+            self.attention.build(query_shape, value_shape, key_shape)
+            # Keras 3 makes the projection sublayers inside `build`, trainable
+            # whatever the attention's flag was: freeze them now.
+            self._freeze(self.attention)
+        self.prefix = self.add_weight(
+            name="prefix",
+            shape=self.prefix_shape,
+            initializer=self.prefix_initializer,
+            dtype="float32",
+            trainable=True,
+        )
+        self.built = True
+
+    def call(self, query, value, key=None, **kwargs):
+        for name, tensor in (("query", query), ("value", value), ("key", key)):
+            if tensor is not None and tf.TensorShape(tensor.shape).rank != 3:
+                raise ValueError(
+                    f"PrefixAttention expects a rank-3 `{name}` (batch_size, "
+                    f"sequence_length, dim). Received: shape={tensor.shape}."
+                )
+        # tf-keras hands `mask` (the query's Keras mask) to a call that takes
+        # **kwargs; the attention reads the Keras masks off its inputs.
+        kwargs.pop("mask", None)
+        attention = self.attention
+        prefixed = _prefixed_compute_attention(
+            attention._compute_attention, self.prefix
+        )
+        # Only for this call: the same attention may also run unprefixed
+        # elsewhere in the model.
+        was_built = attention.built
+        with _instance_patch(attention, "_compute_attention", prefixed):
+            outputs = attention(query, value, key=key, **kwargs)
+        if not was_built:  # built by this call: see `build`
+            self._freeze(attention)
+        return outputs
+
+    # Artifact ---------------------------------------------------------------
+
+    def _check_built_for_artifact(self, action):
+        if not self.built or not self.attention.built:
+            raise ValueError(
+                f"Layer {self.name} is not built yet. Call it on inputs before "
+                f"`{action}()`."
+            )
+
+    def _dims_metadata(self):
+        dims = methods.ModelDims(
+            vocab_size=0,
+            hidden_dim=int(self.attention._query_dense.kernel.shape[0]),
+            attention=(methods.AttentionDims(self.num_heads, self.key_dim),),
+        )
+        metadata = methods.get(self.method).shape_metadata(dims)
+        # A MultiHeadAttention has no vocabulary; the fingerprint covers its
+        # weights instead.
+        metadata.pop("vocab_size")
+        return metadata
+
+    @property
+    def base_fingerprint(self):
+        """`sha256:...` of the wrapped attention's weights (its base)."""
+        return artifact.weights_fingerprint(
+            [(_attention_weight_name(w), w.numpy()) for w in self.attention.weights]
+        )
+
+    def save_prompt(self, path, *, task="default", **extra):
+        """Write the prefix artifact (`.npz`, method `"prefix"`).
+
+        The file holds the prefix as `[1, 2, P, num_heads, key_dim]` (one
+        self-attention layer) and the fingerprint of the wrapped attention's
+        weights (`base_fingerprint`).
+
+        Args:
+            path: destination, ending in `.npz`.
+            task: str, the task's name.
+            **extra: more JSON-serialisable metadata.
+
+        Returns:
+            The metadata dict.
+        """
+        self._check_built_for_artifact("save_prompt")
+        method = methods.get(self.method)
+        return artifact.save_artifact(
+            path,
+            self.prefix.numpy()[None],
+            method=method.name,
+            dims_metadata=self._dims_metadata(),
+            fingerprint_key=method.fingerprint_key,
+            fingerprint=self.base_fingerprint,
+            num_prompt_tokens=self.num_prompt_tokens,
+            initializer=initializers.describe(self.prefix_initializer),
+            task=task,
+            **extra,
+        )
+
+    def load_prompt(self, path):
+        """Load a prefix artifact into this (built) layer; it stays trainable.
+
+        Returns:
+            The metadata dict.
+
+        Raises:
+            ValueError: if the method, P, the attention's dims or the
+                fingerprint of its weights differ (naming both), or the file
+                is corrupt or holds NaN/Inf.
+        """
+        self._check_built_for_artifact("load_prompt")
+        method = methods.get(self.method)
+        loaded = artifact.load_artifact(path)
+        artifact.check_artifact(
+            loaded,
+            method.name,
+            self._dims_metadata(),
+            method.fingerprint_key,
+            self.base_fingerprint,
+        )
+        ops.check_prompt_shape(loaded.values, (1, *self.prefix_shape), what="prefix")
+        self.prefix.assign(loaded.values[0])
+        return loaded.metadata
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_prompt_tokens": self.num_prompt_tokens,
+                "attention": self._serialize(self.attention),
+                "prefix_initializer": _initializer_config(
+                    self, False, "prefix_initializer"
+                ),
+            }
+        )
+        return config
+
+
+def _prefixed_compute_attention(original, prefix):
+    """`original` (an attention's `_compute_attention`) with `prefix` in front.
+
+    Args:
+        original: the bound `_compute_attention(query, key, value,
+            attention_mask, ...)` of a Keras `MultiHeadAttention`.
+        prefix: `[2, P, num_heads, key_dim]`, keys then values.
+    """
+
+    def compute_attention(query, key, value, attention_mask=None, *args, **kwargs):
+        key, value, attention_mask = ops.prefix_attention_inputs(
+            query,
+            key,
+            value,
+            attention_mask,
+            prefix[0],
+            prefix[1],
+            # Consumed here: passed on, it would build the triangle over
+            # P + S keys.
+            use_causal_mask=kwargs.pop("use_causal_mask", False),
+        )
+        return original(query, key, value, attention_mask, *args, **kwargs)
+
+    return compute_attention

@@ -2,8 +2,8 @@
 
 The same layers, names and behaviour as `tf_softprompt.layers`, for tf-keras
 models (what `tf.keras` resolves to under `TF_USE_LEGACY_KERAS=1`). See
-`tf_softprompt.layers.PromptEmbedding` and `PromptPrepend` for the full
-documentation; the math is shared in `tf_softprompt.ops`.
+`tf_softprompt.layers.PromptEmbedding`, `PromptPrepend` and
+`PrefixAttention` for the full documentation; the math is shared in `tf_softprompt.ops`.
 
 Example:
 ```python
@@ -20,7 +20,11 @@ model = tf_keras.Model(ids, tf_keras.layers.Dense(2)(x))
 
 import tf_keras
 
-from tf_softprompt._layer_logic import PromptEmbeddingMixin, PromptPrependMixin
+from tf_softprompt._layer_logic import (
+    PrefixAttentionMixin,
+    PromptEmbeddingMixin,
+    PromptPrependMixin,
+)
 
 
 @tf_keras.utils.register_keras_serializable(package="tf_softprompt")
@@ -74,3 +78,39 @@ class PromptPrepend(PromptPrependMixin, tf_keras.layers.Layer):
     x = keras2.PromptPrepend(4, offset=1)(embedded)
     ```
     """
+
+
+@tf_keras.utils.register_keras_serializable(package="tf_softprompt")
+class PrefixAttention(PrefixAttentionMixin, tf_keras.layers.Layer):
+    """Keras 2 twin of `tf_softprompt.layers.PrefixAttention`.
+
+    Args:
+        num_prompt_tokens: int, P.
+        attention: a `tf_keras.layers.MultiHeadAttention` to wrap (shared
+            and frozen), with `value_dim == key_dim` and the default
+            `attention_axes`.
+        prefix_initializer: `"uniform"` (U(-0.5, 0.5)), a non-vocabulary
+            `tf_softprompt.initializers` initialiser (e.g. `from_array` of
+            `[2, P, num_heads, key_dim]` values), a tf-keras initializer, or
+            such a config; saved with its arguments.
+
+    Call arguments:
+        query: `(batch_size, target_length, dim)`.
+        value: `(batch_size, source_length, dim)`.
+        key: optional, default `value`.
+        **kwargs: passed to the attention (`attention_mask`,
+            `return_attention_scores`, `training`, `use_causal_mask`); the
+            query's and value's Keras masks are read off the inputs, as
+            `tf_keras.layers.MultiHeadAttention` does.
+
+    Example:
+    ```python
+    attention = tf_keras.layers.MultiHeadAttention(4, 16)
+    x = tf_keras.Input((None, 64))
+    y = keras2.PrefixAttention(10, attention)(x, x, use_causal_mask=True)
+    ```
+    """
+
+    _attention_class = tf_keras.layers.MultiHeadAttention
+    _serialize = staticmethod(tf_keras.layers.serialize)
+    _deserialize = staticmethod(tf_keras.layers.deserialize)

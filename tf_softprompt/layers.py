@@ -8,7 +8,11 @@ Keras 2 twins with the same names and behaviour are in
 import keras
 from keras.src.backend import compute_output_spec
 
-from tf_softprompt._layer_logic import PromptEmbeddingMixin, PromptPrependMixin
+from tf_softprompt._layer_logic import (
+    PrefixAttentionMixin,
+    PromptEmbeddingMixin,
+    PromptPrependMixin,
+)
 
 
 @keras.saving.register_keras_serializable(package="tf_softprompt")
@@ -171,3 +175,65 @@ class PromptPrepend(_SymbolicMaskMixin, PromptPrependMixin, keras.layers.Layer):
     Reference:
      - [Li and Liang, 2021](https://arxiv.org/abs/2101.00190)
     """
+
+
+@keras.saving.register_keras_serializable(package="tf_softprompt")
+class PrefixAttention(PrefixAttentionMixin, keras.layers.Layer):
+    """P trainable keys and values in front of a frozen `MultiHeadAttention`.
+
+    Prefix tuning (form 3) for a plain Keras model: every query of the
+    wrapped attention also attends to P learned key/value pairs, which are
+    prepended to its projected keys and values. The attention is shared,
+    not copied, and frozen; it stays frozen when the layer or its model is
+    set `trainable = True` again. The only trainable weight is the float32
+    `prefix`, `[2, P, num_heads, key_dim]` (index 0 keys, 1 values):
+    `2 * P * num_heads * key_dim` parameters. The output has the shape of
+    the wrapped attention's.
+
+    The attention's `_compute_attention` is patched for the duration of each
+    call only, so the same attention called elsewhere in the model (or
+    directly) stays unprefixed. Masks work as in `MultiHeadAttention`
+    (`attention_mask`, `use_causal_mask=True`, the query's and value's Keras
+    masks) over the real keys; the prefix is visible to every query (also
+    to masked query positions, whose outputs are meaningless either way).
+    It needs `value_dim == key_dim` and the default `attention_axes` (inputs
+    `(batch_size, sequence_length, dim)`).
+
+    Args:
+        num_prompt_tokens: int, P, the number of prefix key/value pairs.
+        attention: a `keras.layers.MultiHeadAttention` (or a subclass that
+            keeps its `_compute_attention` contract) to wrap; frozen.
+        prefix_initializer: `"uniform"` (U(-0.5, 0.5)), an initialiser from
+            `tf_softprompt.initializers` (e.g. `from_array(values)` with
+            `[2, P, num_heads, key_dim]` values; vocabulary-based ones are
+            refused), a Keras initializer, or such a config. Saved with its
+            arguments.
+        **kwargs: passed to `keras.layers.Layer` (`name`, `dtype`, ...).
+
+    Call arguments:
+        query: `(batch_size, target_length, dim)`.
+        value: `(batch_size, source_length, dim)`.
+        key: optional `(batch_size, source_length, dim)`; default `value`.
+        **kwargs: passed to the attention: `attention_mask`
+            `(batch_size, target_length, source_length)`,
+            `return_attention_scores` (scores then cover P + source_length
+            keys, the prefix first), `training`, `use_causal_mask`,
+            `query_mask`, `value_mask`, `key_mask`.
+
+    Example:
+    ```python
+    attention = keras.layers.MultiHeadAttention(num_heads=4, key_dim=16)
+    prefixed = tf_softprompt.PrefixAttention(10, attention)
+    x = keras.Input((None, 64))
+    model = keras.Model(x, prefixed(x, x, use_causal_mask=True))
+    # Trainable: the [2, 10, 4, 16] prefix, 1,280 numbers.
+    prefixed.save_prompt("task.prompt.npz", task="task")
+    ```
+
+    Reference:
+     - [Li and Liang, 2021](https://arxiv.org/abs/2101.00190)
+    """
+
+    _attention_class = keras.layers.MultiHeadAttention
+    _serialize = staticmethod(keras.saving.serialize_keras_object)
+    _deserialize = staticmethod(keras.saving.deserialize_keras_object)

@@ -504,3 +504,67 @@ def mlp_reparameterization(embedding, w1, b1, w2, b2):
     """
     hidden = tf.tanh(tf.linalg.matmul(embedding, w1) + b1)
     return tf.linalg.matmul(hidden, w2) + b2
+
+
+def prefix_attention_inputs(
+    query,
+    key,
+    value,
+    attention_mask,
+    prefix_key,
+    prefix_value,
+    use_causal_mask=False,
+):
+    """Keys, values and mask of a Keras `MultiHeadAttention` with a prefix.
+
+    What `_compute_attention(query, key, value, attention_mask)` of Keras 3's
+    and tf-keras' `MultiHeadAttention` receives, with `[P, heads, head_dim]`
+    prefix keys and values in front that every query sees
+    (`prepend_attention_prefix`). The mask may come in any shape that
+    broadcasts to `[B, T, S]`, as the layers build it: `[1, T, S]` for a
+    causal mask alone, `[B, T, 1]` for a query mask alone, `[B, 1, S]` for a
+    value mask alone; it is broadcast first, so the prefix columns line up.
+
+    Args:
+        query: `[B, T, heads, head_dim]` projected queries.
+        key, value: `[B, S, heads, head_dim]` projected keys and values.
+        attention_mask: broadcastable to `[B, T, S]` (1 = attend), or `None`.
+        prefix_key, prefix_value: `[P, heads, head_dim]`.
+        use_causal_mask: bool. Keras 3's causal-only fast path passes no
+            mask and this flag, for a fused kernel that would align the
+            causal triangle with the prefix; the triangle is built here over
+            the real keys instead (query `i` sees real keys `j <= i`).
+
+    Returns:
+        `(key, value, mask)`: `[B, P + S, heads, head_dim]` twice and
+        `[B, T, P + S]`.
+
+    Example:
+    >>> q = tf.zeros((2, 3, 2, 4)); pk = tf.ones((5, 2, 4))
+    >>> k2, v2, m2 = prefix_attention_inputs(q, q, q, None, pk, pk, True)
+    >>> m2.shape.as_list(), m2[0, 0].numpy().tolist()
+    ([2, 3, 8], [True, True, True, True, True, True, False, False])
+    """
+    query = tf.convert_to_tensor(query)
+    key = tf.convert_to_tensor(key)
+    batch, query_length = tf.shape(query)[0], tf.shape(query)[1]
+    key_length = tf.shape(key)[1]
+    if use_causal_mask:
+        causal = causal_mask(query_length, key_length)
+        attention_mask = (
+            causal
+            if attention_mask is None
+            else tf.logical_and(tf.cast(attention_mask, tf.bool), causal)
+        )
+    if attention_mask is not None:
+        attention_mask = tf.broadcast_to(
+            attention_mask, tf.stack([batch, query_length, key_length])
+        )
+    return prepend_attention_prefix(
+        key,
+        value,
+        attention_mask,
+        prefix_key,
+        prefix_value,
+        query_length=query_length,
+    )
