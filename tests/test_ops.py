@@ -199,3 +199,24 @@ def test_pack_destinations_and_inverse_match_a_stable_sort():
 def test_check_prompt_shape_names_both_shapes():
     with pytest.raises(ValueError, match=r"\[3, 2\].*\[2, 2\]"):
         ops.check_prompt_shape(np.zeros((3, 2)), (2, 2))
+
+
+def test_attention_prefix_broadcasts_shared_masks_before_adding_its_columns():
+    # A causal mask alone comes as [1, T, S]; a key mask as [B, 1, S].
+    key = tf.zeros((2, 3, 1, 4))
+    prefix = tf.ones((2, 1, 4))
+    causal = ops.causal_mask(3, 3)[None]
+    _, _, mask = ops.prepend_attention_prefix(
+        key, key, causal, prefix, prefix, prefix_mask=[[True, False], [True, True]]
+    )
+    assert mask.shape == (2, 3, 5)
+    expected = np.concatenate(
+        [np.broadcast_to([[1, 0]], (3, 2)), np.tril(np.ones((3, 3)))], axis=1
+    )
+    np.testing.assert_array_equal(mask.numpy()[0], expected.astype(bool))
+    keys_only = tf.constant([[[True, True, False]], [[True, False, False]]])
+    _, _, mask = ops.prepend_attention_prefix(
+        key, key, keys_only, prefix, prefix, query_length=3
+    )
+    assert mask.shape == (2, 3, 5)
+    np.testing.assert_array_equal(mask.numpy()[1, 2], [1, 1, 1, 0, 0])

@@ -471,11 +471,14 @@ def prepend_attention_prefix(
         )
     attention_mask = tf.convert_to_tensor(attention_mask)
     if attention_mask.shape.rank == 2:  # [T, S], shared by the batch
-        attention_mask = tf.broadcast_to(
-            attention_mask[None],
-            tf.concat([[batch], tf.shape(attention_mask)], 0),
-        )
-    queries = tf.shape(attention_mask)[1]
+        attention_mask = attention_mask[None]
+    # Masks arrive in any shape that broadcasts to [B, T, S] ([1, T, S] for a
+    # causal mask alone, [B, 1, S] for a key mask): broadcast first, so the
+    # prefix columns line up.
+    queries = tf.shape(attention_mask)[1] if query_length is None else query_length
+    attention_mask = tf.broadcast_to(
+        attention_mask, tf.stack([batch, queries, tf.shape(key)[1]])
+    )
     if prefix_mask is None:
         prefix_block = tf.ones(tf.stack([batch, queries, width]), attention_mask.dtype)
     else:
@@ -547,18 +550,13 @@ def prefix_attention_inputs(
     """
     query = tf.convert_to_tensor(query)
     key = tf.convert_to_tensor(key)
-    batch, query_length = tf.shape(query)[0], tf.shape(query)[1]
-    key_length = tf.shape(key)[1]
+    query_length = tf.shape(query)[1]
     if use_causal_mask:
-        causal = causal_mask(query_length, key_length)
+        causal = causal_mask(query_length, tf.shape(key)[1])
         attention_mask = (
             causal
             if attention_mask is None
             else tf.logical_and(tf.cast(attention_mask, tf.bool), causal)
-        )
-    if attention_mask is not None:
-        attention_mask = tf.broadcast_to(
-            attention_mask, tf.stack([batch, query_length, key_length])
         )
     return prepend_attention_prefix(
         key,
