@@ -288,3 +288,52 @@ def test_cli_is_quiet_unless_verbose(tmp_path):
     )
     assert failed.returncode == 2
     assert failed.stderr.startswith("tf-softprompt info: error: Could not read")
+
+
+def test_predict_reloads_exactly_the_trained_prompt_and_head(run, files, preset):
+    # The reference is rebuilt here from the preset and the two saved arrays
+    # (numpy), not through load_trained; a reload that dropped the prompt or
+    # the head would differ from it.
+    import keras_hub
+
+    from tf_softprompt import hub
+    from tf_softprompt.training import run_dir
+
+    out, _ = run
+    texts = data.read_examples(files[1], "review", "sentiment").texts
+    code, stdout, _ = run_cli(["predict", "--out", out, *texts])
+    assert code == 0
+    served = np.array(
+        [
+            [json.loads(line)["probabilities"][k] for k in ("bad", "good")]
+            for line in stdout.strip().splitlines()
+        ]
+    )
+    with np.load(os.path.join(out, "prompt.npz")) as saved:
+        prompt = saved["prompt"]
+    with np.load(os.path.join(out, "head.weights.npz")) as saved:
+        kernel, bias = saved["logits/kernel"], saved["logits/bias"]
+    preprocessor = keras_hub.models.TextClassifierPreprocessor.from_preset(
+        preset, sequence_length=16
+    )
+    model = keras_hub.models.TextClassifier.from_preset(
+        preset, num_classes=2, preprocessor=None
+    )
+    handle = hub.enable_prompt_tuning(model, 3, offset=1)
+    features = preprocessor(tf.constant(texts))
+
+    def logits(prompt_values, head):
+        handle.prompt.assign(prompt_values)
+        model.output_dense.kernel.assign(head[0])
+        model.output_dense.bias.assign(head[1])
+        return model(features).numpy()
+
+    want = logits(prompt, (kernel, bias))
+    np.testing.assert_allclose(served, tf.nn.softmax(want).numpy(), atol=2e-6)
+    reloaded = run_dir.load_trained(out)
+    got = reloaded.model(features).numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-7)
+    # This tiny random BERT's logits move little with the prompt, but far
+    # more than the tolerance: the comparison sees a dropped prompt or head.
+    assert np.abs(got - logits(0 * prompt, (kernel, bias))).max() > 1e-5
+    assert np.abs(got - logits(prompt, (0 * kernel, bias))).max() > 1e-5

@@ -20,7 +20,7 @@ model = tf_keras.Model(ids, tf_keras.layers.Dense(2)(x))
 
 import tf_keras
 
-from tf_softprompt._layer_logic import (
+from tf_softprompt.layer_mixins import (
     PrefixAttentionMixin,
     PromptEmbeddingMixin,
     PromptPrependMixin,

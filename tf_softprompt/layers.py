@@ -1,6 +1,6 @@
 """Keras 3 soft-prompt layers (`keras`, as keras-hub uses it).
 
-Thin shells over `tf_softprompt._layer_logic` and `tf_softprompt.ops`; the
+Thin shells over `tf_softprompt.layer_mixins` and `tf_softprompt.ops`; the
 Keras 2 twins with the same names and behaviour are in
 `tf_softprompt.keras2`.
 """
@@ -8,7 +8,7 @@ Keras 2 twins with the same names and behaviour are in
 import keras
 from keras.src.backend import compute_output_spec
 
-from tf_softprompt._layer_logic import (
+from tf_softprompt.layer_mixins import (
     PrefixAttentionMixin,
     PromptEmbeddingMixin,
     PromptPrependMixin,

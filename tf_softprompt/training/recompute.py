@@ -7,7 +7,7 @@ keras-hub knowledge and comes from `tf_softprompt.hub.transformer_layers`.
 
 import tensorflow as tf
 
-from tf_softprompt.training._variables import SEED_STATE_SUFFIX, tf_variable
+from tf_softprompt.training.variables import SEED_STATE_SUFFIX, tf_variable
 
 
 def recompute_transformer_layers(model):

@@ -29,8 +29,8 @@ import numpy as np
 import tensorflow as tf
 
 from tf_softprompt.training import precision as precision_lib
-from tf_softprompt.training._variables import SEED_STATE_SUFFIX, tf_variable
 from tf_softprompt.training.recompute import recompute_transformer_layers
+from tf_softprompt.training.variables import SEED_STATE_SUFFIX, tf_variable
 
 
 def is_chief(strategy):
