@@ -16,34 +16,24 @@ CAUSAL_KINDS = ("gpt2", "gemma", "llama")
 
 
 def build_backbone(kind, seed=0, num_layers=2, **overrides):
+    """A tiny random backbone; `overrides` replace any constructor argument."""
     keras.utils.set_random_seed(seed)
     common = dict(vocabulary_size=V, num_layers=num_layers, intermediate_dim=32)
     if kind == "gpt2":
-        return keras_hub.models.GPT2Backbone(
-            num_heads=2, hidden_dim=H, max_sequence_length=32, **common, **overrides
-        )
-    if kind == "gemma":
-        return keras_hub.models.GemmaBackbone(
-            num_query_heads=2,
-            num_key_value_heads=1,
-            hidden_dim=H,
-            head_dim=8,
-            **common,
-            **overrides,
-        )
-    if kind == "llama":
-        return keras_hub.models.LlamaBackbone(
-            num_query_heads=4,
-            num_key_value_heads=2,
-            hidden_dim=H,
-            **common,
-            **overrides,
-        )
-    if kind == "bert":
-        return keras_hub.models.BertBackbone(
-            num_heads=2, hidden_dim=H, max_sequence_length=32, **common, **overrides
-        )
-    raise ValueError(kind)
+        cls = keras_hub.models.GPT2Backbone
+        args = dict(num_heads=2, hidden_dim=H, max_sequence_length=32)
+    elif kind == "gemma":
+        cls = keras_hub.models.GemmaBackbone
+        args = dict(num_query_heads=2, num_key_value_heads=1, hidden_dim=H, head_dim=8)
+    elif kind == "llama":
+        cls = keras_hub.models.LlamaBackbone
+        args = dict(num_query_heads=4, num_key_value_heads=2, hidden_dim=H)
+    elif kind == "bert":
+        cls = keras_hub.models.BertBackbone
+        args = dict(num_heads=2, hidden_dim=H, max_sequence_length=32)
+    else:
+        raise ValueError(kind)
+    return cls(**{**common, **args, **overrides})
 
 
 def build_task(kind, seed=0, backbone=None, **overrides):

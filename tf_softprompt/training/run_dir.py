@@ -161,27 +161,36 @@ def read_run(out):
     return run
 
 
-def load_trained(out):
+def load_trained(out, precision="float32"):
     """Rebuild base + prompt + head from a `train` output directory.
 
-    The model is rebuilt in float32 (a `mixed_bfloat16` run's weights are
-    float32 already); the prompt and head are loaded and checked.
+    Args:
+        out: the run directory.
+        precision: the compute precision to rebuild in (`"float32"` or
+            `"mixed_bfloat16"`), whatever the run trained in: weights are
+            float32 either way.
+
+    Returns:
+        A `TrainedClassifier`; the prompt and head are loaded and checked.
     """
     from tf_softprompt import hub
+    from tf_softprompt.training import precision as precision_lib
 
     out = os.path.abspath(out)
     run = read_run(out)
     preprocessor = models.load_preprocessor(run["model_path"], run["sequence_length"])
-    model = models.load_classifier(
-        run["model_path"], run["num_classes"], run.get("dropout")
-    )
+    with precision_lib.policy(precision):
+        model = models.load_classifier(
+            run["model_path"], run["num_classes"], run.get("dropout")
+        )
     method = run.get("method", "embedding")
     kwargs = {"offset": run["offset"]} if method != "prefix" else {}
     if run.get("reparameterize"):
         kwargs["reparameterization"] = {"hidden_dim": run["reparameterize"]}
-    handle = hub.enable_prompt_tuning(
-        model, run["prompt_length"], method=method, **kwargs
-    )
+    with precision_lib.policy(precision):
+        handle = hub.enable_prompt_tuning(
+            model, run["prompt_length"], method=method, **kwargs
+        )
     handle.load_prompt(os.path.join(out, run["prompt"]))
     load_head(os.path.join(out, run["head"]), head_variables(model, handle))
     return TrainedClassifier(model, preprocessor, handle, run)

@@ -1,0 +1,110 @@
+"""A bfloat16 serving export against the float32 export of the same weights.
+
+A prompt-tuned (form 1 and prefix) tiny BERT classifier is exported twice:
+built under the float32 policy, and rebuilt under `mixed_bfloat16` with the
+same weights (`tf_softprompt.training.precision.policy`; what `tf-softprompt
+export --precision mixed_bfloat16` does). Both run in the TF1 session loader
+and the C-API program.
+
+Stated tolerance: every class probability of the bf16 export is within
+0.02 of the float32 export's, and the predicted label is the same wherever
+float32's top two classes are more than 0.05 apart. bf16 keeps about three
+significant digits; the measured gap on these models is printed by the
+assertion messages.
+"""
+
+import keras_hub
+import numpy as np
+import pytest
+from tiny_models import build_backbone
+
+from tf_softprompt import hub
+from tf_softprompt.export import export_model
+from tf_softprompt.methods import prefix as prefix_lib
+from tf_softprompt.serving import loaders
+from tf_softprompt.training import precision
+
+WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + (
+    "the a good bad movie film great awful plot acting was is not very".split()
+)
+TEXTS = [
+    "the good movie",
+    "awful plot awful acting",
+    "not very good",
+    "a great great film",
+    "",
+    "the plot was bad",
+]
+LABELS = ["negative", "neutral", "positive"]
+TOLERANCE = 0.02
+
+
+def _classifier(policy, method, weights=None):
+    with precision.policy(policy):
+        backbone = build_backbone("bert", seed=4, vocabulary_size=len(WORDS))
+        model = keras_hub.models.BertTextClassifier(
+            backbone, num_classes=len(LABELS), preprocessor=None
+        )
+        kwargs = {"initializer": prefix_lib.from_token_ids([5, 6, 7, 8])}
+        handle = hub.enable_prompt_tuning(
+            model, 4, method=method, **(kwargs if method == "prefix" else {})
+        )
+    if weights is not None:
+        model.set_weights(weights)
+    return model, handle
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    root = tmp_path_factory.mktemp("precision")
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=WORDS)
+    dirs, dtypes = {}, {}
+    for method in ("embedding", "prefix"):
+        f32, _ = _classifier("float32", method)
+        rng = np.random.default_rng(1)
+        # A head that separates the classes, so labels are not all ties.
+        f32.output_dense.kernel.assign(rng.normal(0, 1.0, (16, len(LABELS))))
+        bf16, _ = _classifier("mixed_bfloat16", method, f32.get_weights())
+        for name, model in (("float32", f32), ("bfloat16", bf16)):
+            dtypes[method, name] = model.backbone.compute_dtype
+            dirs[method, name] = export_model(
+                model,
+                root / f"{method}-{name}",
+                1,
+                tokenizer=tokenizer,
+                sequence_length=24,
+                labels=LABELS,
+            )
+    jobs = [
+        {
+            "export_dir": directory,
+            "signature": "serving_default",
+            "inputs": {"text": np.array([t.encode() for t in TEXTS], dtype=object)},
+        }
+        for directory in dirs.values()
+    ]
+    binary = loaders.build_c_loader(str(root / "c_loader"))
+    keys = list(dirs)
+    return dtypes, {
+        "session": dict(zip(keys, loaders.run_session_loader(jobs))),
+        "c_api": dict(zip(keys, loaders.run_c_loader(jobs, binary))),
+    }
+
+
+@pytest.mark.parametrize("loader", ["session", "c_api"])
+@pytest.mark.parametrize("method", ["embedding", "prefix"])
+def test_bf16_export_is_within_the_stated_tolerance_of_float32(exports, loader, method):
+    dtypes, results = exports
+    assert dtypes[method, "float32"] == "float32"
+    assert dtypes[method, "bfloat16"] == "bfloat16"
+    f32 = results[loader][method, "float32"]["outputs"]
+    bf16 = results[loader][method, "bfloat16"]["outputs"]
+    gap = np.abs(bf16["probabilities"] - f32["probabilities"]).max()
+    assert gap <= TOLERANCE, f"max |p_bf16 - p_f32| = {gap:.4f}"
+    assert gap > 0  # really computed in another precision
+    top2 = np.sort(f32["probabilities"], axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 0.05
+    np.testing.assert_array_equal(bf16["label_ids"][clear], f32["label_ids"][clear])
+    assert clear.sum() >= 3
+    assert bf16["probabilities"].dtype == np.float32
+    np.testing.assert_allclose(bf16["probabilities"].sum(axis=1), 1.0, atol=1e-5)
