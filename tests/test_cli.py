@@ -337,3 +337,21 @@ def test_predict_reloads_exactly_the_trained_prompt_and_head(run, files, preset)
     # more than the tolerance: the comparison sees a dropped prompt or head.
     assert np.abs(got - logits(0 * prompt, (kernel, bias))).max() > 1e-5
     assert np.abs(got - logits(prompt, (0 * kernel, bias))).max() > 1e-5
+
+
+def test_predict_prints_no_tensorflow_start_up_lines(run):
+    # predict runs the model: device discovery and graph building included.
+    out, _ = run
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run(
+        [shutil.which("tf-softprompt"), "predict", "--out", out, "a good film"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["text"] == "a good film"
+    startup = {_digitless(line) for line in _startup_lines()}
+    leaked = [x for x in done.stderr.splitlines() if _digitless(x) in startup]
+    assert leaked == []
+    assert "cuInit" not in done.stderr and "absl::InitializeLog" not in done.stderr

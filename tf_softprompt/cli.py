@@ -306,6 +306,11 @@ def _import_frameworks_quietly():
         for name in ("tensorflow", "tf_keras", "keras", "keras_hub"):
             with contextlib.suppress(ImportError):
                 importlib.import_module(name)
+        # Device discovery (CUDA probing) prints too. Listing the physical
+        # devices does it now and still lets a strategy configure logical
+        # devices later.
+        with contextlib.suppress(ImportError):
+            importlib.import_module("tensorflow").config.list_physical_devices()
 
 
 def main(argv=None):
