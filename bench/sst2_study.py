@@ -35,6 +35,19 @@ VARIANTS = {
     "embedding-no-base-dropout": ["--method", "embedding", "--base-dropout", "0"],
     "prefix-bf16": ["--method", "prefix", "--precision", "mixed_bfloat16"],
     "embedding-bf16": ["--method", "embedding", "--precision", "mixed_bfloat16"],
+    "prefix-no-dropout-p40": ["--method", "prefix", "--base-dropout", "0"]
+    + ["--prompt-length", "40"],
+    "prefix-no-dropout-bf16": ["--method", "prefix", "--base-dropout", "0"]
+    + ["--precision", "mixed_bfloat16"],
+    "prefix-no-dropout-lr-3e-3": ["--method", "prefix", "--base-dropout", "0"]
+    + ["--learning-rate", "0.003"],
+    "prefix-no-dropout-epochs-4": ["--method", "prefix", "--base-dropout", "0"]
+    + ["--epochs", "4"],
+    "prefix-reparameterize-lr-1e-3": ["--method", "prefix", "--reparameterize"]
+    + ["512", "--learning-rate", "0.001"],
+    "prefix-seed-1": ["--method", "prefix", "--seed", "1"],
+    "prefix-bf16-seed-1": ["--method", "prefix", "--precision", "mixed_bfloat16"]
+    + ["--seed", "1"],
 }
 KEYS = ("accuracy", "train_seconds", "steps", "trainable_parameters")
 
