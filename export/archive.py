@@ -52,8 +52,14 @@ def endpoints(stages, text_length, table):
     Args:
         stages: an object with `encode`, `run` and `present` (see above).
         text_length: int T, the static token positions of `predict_tokens`.
-        table: the `MultiTaskPromptTable` (or `None`); several tasks add the
-            `task`/`task_id` inputs, checked in-graph.
+        table: what names the served tasks (`tasks`, `task_index`,
+            `check_task_id`): the `MultiTaskPromptTable`, or the
+            classifier's `ensembles.Routes`; `None` for none. Several tasks
+            add the `task`/`task_id` inputs, checked in-graph.
+
+    `predict_tokens` checks its inputs' shapes in-graph (TF Serving passes
+    any shape through to the session), so a wrong length is an
+    INVALID_ARGUMENT naming the expected shape, not a silent answer.
     """
     ids_spec = tf.TensorSpec([None, text_length], tf.int32, name="token_ids")
     mask_spec = tf.TensorSpec([None, text_length], tf.int32, name="padding_mask")
@@ -65,6 +71,9 @@ def endpoints(stages, text_length, table):
         return stages.present(outputs, task_index)
 
     def from_tokens(token_ids, padding_mask, task_index):
+        token_ids, padding_mask, task_index = _checked_tokens(
+            token_ids, padding_mask, task_index, text_length
+        )
         return stages.run(token_ids, tf.cast(padding_mask, tf.bool), task_index)
 
     if is_multi_task(table):
@@ -101,13 +110,41 @@ def endpoints(stages, text_length, table):
     }
 
 
-def warmup_inputs(encode, texts, table):
-    """Warmup requests for both signatures, one per text.
+def _checked_tokens(token_ids, padding_mask, task_index, text_length):
+    """Assert `[B, T]` ids and mask (and `[B]` task ids); returns them."""
+    ids_shape = tf.shape(token_ids)
+    ok = tf.logical_and(
+        tf.equal(ids_shape[1], text_length),
+        tf.reduce_all(tf.equal(tf.shape(padding_mask), ids_shape)),
+    )
+    ok = tf.logical_and(ok, tf.equal(tf.shape(task_index)[0], ids_shape[0]))
+    check = tf.debugging.Assert(
+        ok,
+        [
+            f"predict_tokens takes token_ids and padding_mask of shape [batch, "
+            f"{text_length}] (and task_id [batch]). Received shapes token_ids, "
+            "padding_mask, task ids:",
+            ids_shape,
+            tf.shape(padding_mask),
+            tf.shape(task_index),
+        ],
+        name="check_token_shapes",
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(token_ids), tf.identity(padding_mask), task_index
 
-    With several tasks in `table`, requests cycle through the tasks, so
+
+def warmup_inputs(encode, texts, table):
+    """Warmup requests for both signatures.
+
+    One row per text; with several tasks in `table`, rows cycle through
+    the tasks (repeating the texts if there are more tasks than texts), so
     every task's rows are exercised.
     """
-    text = tf.constant(list(texts))
+    texts = list(texts)
+    if is_multi_task(table) and len(table.tasks) > len(texts):
+        texts = [texts[i % len(texts)] for i in range(len(table.tasks))]
+    text = tf.constant(texts)
     # In graph mode, as when serving (eager keras-hub tokenizers return lists).
     token_ids, padding_mask = tf.function(encode)(text)
     tokens = {

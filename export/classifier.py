@@ -7,13 +7,17 @@ Stages, each a named function (`archive` builds the signatures):
 
 1. `encode` (CPU, string ops): text to fixed-length ids (`text.TextEncoder`),
    truncating the text, never the prompt.
-2. `select_prompts`: task ids to each example's prompt ids and mask
-   (`prompt_table.MultiTaskPromptTable`); task names are looked up first.
-3. `run`, the model stage: the runner (`core_models.Runner` for models
-   built with the core layers, `hub_models.Runner` for keras-hub models,
-   every injection method) gives class scores; then probabilities and
-   label ids. Int/float only with a static sequence length: the part a
-   TPU converter takes.
+2. `select_prompts`: task ids to each row's prompt ids and mask
+   (`prompt_table.MultiTaskPromptTable`); task names are looked up first
+   (`ensembles.Routes`: a task, or an ensemble of tasks).
+3. `run`, the model stage: an ensemble's examples become one row per
+   member (`Routes.expand`); each task's text is cut to its own length
+   (`TextEncoder.truncate`, when tasks were trained with different ones);
+   the runner (`core_models.Runner` for models built with the core layers,
+   `hub_models.Runner` for keras-hub models, every injection method) gives
+   class scores; then probabilities (an ensemble's: the mean of its
+   members', `Routes.combine`) and label ids. Int/float only with a static
+   sequence length: the part a TPU converter takes.
 4. `present`: adds the label names (strings) for `serving_default`.
 
 Signatures (all batch-major, so TF Serving's batching applies):
@@ -33,6 +37,14 @@ several runs may give each task its own head (`heads`) and label names
 (`labels` as `{task: names}`); tasks with fewer classes have their padded
 classes masked (probability 0), and `C` is the largest class count.
 
+Ensembles (`ensembles={name: [task, ...]}`): a served name that runs its
+member tasks' prompts (and heads) as rows of the same pass and returns the
+mean of their probabilities (`ensembles` explains the rule). Members stay
+servable on their own; members of one ensemble share their label names.
+With ensembles, `predict_tokens` gathers a data-dependent number of rows
+(one per member), so its shapes are no longer static inside: export
+ensembles separately from what the TPU converter gets.
+
 Example:
 ```python
 path = export_model(
@@ -49,6 +61,7 @@ import tensorflow as tf
 
 from tf_softprompt import hub
 from tf_softprompt.export import archive, core_models, hub_models, layout
+from tf_softprompt.export import ensembles as ensembles_lib
 from tf_softprompt.export.text import TextEncoder
 
 
@@ -60,14 +73,29 @@ class ClassifierStages:
             task_index) -> [B, C]` scores.
         table: the `MultiTaskPromptTable`, or `None` (a baseline).
         encoder: the `TextEncoder`.
-        labels: `[K, C]` nested list of label names per task (one row when
-            all tasks share them), with `""` for padded classes.
-        classes: list of K class counts (one entry when shared).
+        labels: `[E, C]` nested list of label names per served name (one
+            row when all share them), with `""` for padded classes.
+        classes: list of the K table tasks' class counts (one entry when
+            shared).
         activation: `"softmax"` if the runner gives logits, `None` if it
             gives probabilities.
+        routes: the `ensembles.Routes` (served names to table tasks), or
+            `None` (no ensembles: served index = task index).
+        text_limits: `None`, or the K tasks' text positions (each at most
+            `encoder.length`): rows are cut to their task's.
     """
 
-    def __init__(self, runner, table, encoder, labels, classes, activation):
+    def __init__(
+        self,
+        runner,
+        table,
+        encoder,
+        labels,
+        classes,
+        activation,
+        routes=None,
+        text_limits=None,
+    ):
         self.runner = runner
         self.table = table
         self.encoder = encoder
@@ -76,6 +104,10 @@ class ClassifierStages:
             [[c < n for c in range(len(labels[0]))] for n in classes]
         )
         self.activation = activation
+        self.routes = routes if routes is not None and routes.has_ensembles else None
+        self.text_limits = None
+        if text_limits is not None:
+            self.text_limits = tf.constant(text_limits, tf.int32)
 
     def encode(self, text):
         return self.encoder(text)
@@ -90,7 +122,11 @@ class ClassifierStages:
             return tf.gather(table, tf.zeros_like(task_index))
         return tf.gather(table, task_index)
 
-    def run(self, token_ids, padding_mask, task_index):
+    def _probabilities(self, token_ids, padding_mask, task_index):
+        if self.text_limits is not None:
+            token_ids, padding_mask = self.encoder.truncate(
+                token_ids, padding_mask, tf.gather(self.text_limits, task_index)
+            )
         prompt_ids, prompt_mask = self.select_prompts(task_index)
         scores = self.runner(
             token_ids, padding_mask, prompt_ids, prompt_mask, task_index
@@ -99,9 +135,23 @@ class ClassifierStages:
         valid = self._per_task(self.class_mask, task_index)
         if self.activation:
             scores = tf.where(valid, scores, tf.constant(-1e30, tf.float32))
-            probabilities = tf.nn.softmax(scores)
+            return tf.nn.softmax(scores)
+        return tf.where(valid, scores, tf.zeros_like(scores))
+
+    def run(self, token_ids, padding_mask, task_index):
+        if self.routes is None:
+            probabilities = self._probabilities(token_ids, padding_mask, task_index)
         else:
-            probabilities = tf.where(valid, scores, tf.zeros_like(scores))
+            example, member = self.routes.expand(task_index)
+            probabilities = self.routes.combine(
+                self._probabilities(
+                    tf.gather(token_ids, example),
+                    tf.gather(padding_mask, example),
+                    member,
+                ),
+                example,
+                task_index,
+            )
         label_ids = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
         return {"probabilities": probabilities, "label_ids": label_ids}
 
@@ -111,33 +161,95 @@ class ClassifierStages:
         return {**outputs, "label_names": label_names}
 
 
-def _label_table(labels, table, num_classes):
-    """`(names [K or 1][Cmax], classes)` from a list or `{task: list}`."""
-    if labels is None:
-        labels = [str(i) for i in range(num_classes)]
+def _task_labels(labels, tasks, classes):
+    """`{task: [names]}` for the table's tasks (`[None]` for a baseline).
+
+    Args:
+        labels: `None` (`"0"`, `"1"`, ...), one list for every task, or
+            `{task: names}`.
+        tasks: the table's task names.
+        classes: `{task: class count}` of each task's scores.
+    """
     if isinstance(labels, dict):
-        tasks = list(table.tasks) if table is not None else []
-        if sorted(labels) != sorted(tasks):
+        if sorted(labels) != sorted(t for t in tasks if t is not None):
             raise ValueError(
                 "Per-task `labels` must name every exported task. Received labels "
-                f"for {sorted(labels)}, tasks {sorted(tasks)}."
+                f"for {sorted(labels)}, tasks {sorted(t for t in tasks if t)}."
             )
-        rows = [[str(name) for name in labels[t]] for t in tasks]
-        if all(row == rows[0] for row in rows):
-            rows = rows[:1]  # shared after all: one row serves every task
+        named = {t: [str(n) for n in labels[t]] for t in tasks}
+    elif labels is None:
+        named = {t: [str(i) for i in range(classes[t])] for t in tasks}
     else:
-        rows = [[str(name) for name in labels]]
-    classes = [len(row) for row in rows]
+        named = {t: [str(n) for n in labels] for t in tasks}
+    counts = {t: len(v) for t, v in named.items()}
+    if counts != classes:
+        if len(set(classes.values())) > 1 and not isinstance(labels, dict):
+            fix = "pass `labels` as `{task: names}`, one list per task"
+        else:
+            fix = "pass one label name per class"
+        shown = {"model": counts[None]} if None in counts else counts
+        wanted = {"model": classes[None]} if None in classes else classes
+        raise ValueError(
+            f"Each task needs one label name per class of its head: {fix}. "
+            f"Received label counts {shown} for class counts {wanted}."
+        )
+    return named
+
+
+def _served_labels(named, table, routes):
+    """`(rows [E or 1][Cmax], classes [K or 1])`: label names per served
+    name (tasks, then ensembles; padded with `""`) and class counts per
+    table task, each collapsed to one row when all are equal."""
+    tasks = list(table.tasks) if table is not None else [None]
+    rows = [named[t] for t in tasks]
+    if routes is not None:
+        for name, members in routes.ensembles.items():
+            differing = {m: named[m] for m in members if named[m] != named[members[0]]}
+            if differing:
+                raise ValueError(
+                    f"The members of ensemble {name!r} must share their label names "
+                    f"(their probabilities are averaged). {members[0]!r} has "
+                    f"{named[members[0]]}, but {differing}."
+                )
+            rows.append(named[members[0]])
+    classes = [len(named[t]) for t in tasks]
     width = max(classes)
-    return [row + [""] * (width - len(row)) for row in rows], classes
+    rows = [row + [""] * (width - len(row)) for row in rows]
+    if all(row == rows[0] for row in rows):
+        rows = rows[:1]
+    if len(set(classes)) == 1:
+        classes = classes[:1]
+    return rows, classes
 
 
-def _labels_per_task(table, names, classes):
-    if not archive.is_multi_task(table):
+def _text_limits(text_lengths, table, encoder):
+    """Each table task's text positions, or `None` when all use the
+    encoder's `length`."""
+    if not text_lengths:
         return None
-    if len(names) == 1:
-        return {t: names[0][: classes[0]] for t in table.tasks}
-    return {t: row[:n] for t, row, n in zip(table.tasks, names, classes)}
+    tasks = list(table.tasks) if table is not None else []
+    unknown = sorted(set(text_lengths) - set(tasks))
+    if unknown:
+        raise ValueError(
+            f"`text_lengths` names {unknown}, which are not exported tasks {tasks}."
+        )
+    limits = []
+    for task in tasks:
+        value = text_lengths.get(task, encoder.length)
+        if (
+            isinstance(value, bool)
+            or int(value) != value
+            or not encoder.num_specials < value <= encoder.length
+        ):
+            raise ValueError(
+                f"The text length of task {task!r} must be an integer in "
+                f"({encoder.num_specials}, {encoder.length}] (the special tokens, "
+                f"and the export's text positions). Received: {value!r}."
+            )
+        limits.append(int(value))
+    if all(limit == encoder.length for limit in limits):
+        return None
+    return limits
 
 
 def _prepare(model, prompts, vocabulary, task, offset, tokenizer, specials, heads):
@@ -197,6 +309,8 @@ def export_model(
     end_id=None,
     pad_id=None,
     heads=None,
+    ensembles=None,
+    text_lengths=None,
 ):
     """Export a classifier with its trained prompt(s) to `BASE/<version>`.
 
@@ -216,7 +330,8 @@ def export_model(
         sequence_length: int L, the model's total length (prompt slots
             included for forms 1 and 2).
         labels: list of C class names (default `"0"`, `"1"`, ...), or
-            `{task: names}` with `heads` (each task its own labels).
+            `{task: names}` (each task its own labels; with `heads`, one name
+            per class of the task's head).
         prompts: `None` to export the model's own prompt as task `task`, or
             prompt artifacts (list of paths, or `{task: path}`) trained on
             this base; several give a multi-task export.
@@ -224,8 +339,8 @@ def export_model(
             `PromptPrepend` model exported from artifacts.
         task: the task name of the model's own prompt.
         offset: where forms 1 and 2 insert the prompt; default: the
-            artifacts' offset, else 1 if the text starts with a special
-            token, else 0.
+            artifacts' offset, else a `PromptPrepend`'s own, else 1 if the
+            text starts with a special token, else 0.
         activation: `"softmax"` if the model outputs logits, `None` if it
             already outputs probabilities.
         model_name: the name in warmup requests (default: the base dir name).
@@ -235,14 +350,32 @@ def export_model(
             `{task: (kernel [H, C_k], bias [C_k])}`: each example is
             classified by its own task's head (the prompted backbone runs
             once).
+        ensembles: `{name: [task, ...]}`: served names that run several of
+            the exported tasks (prompts trained for one task, e.g. with
+            different seeds) as rows of one pass and return the mean of
+            their probabilities; the members stay servable on their own.
+        text_lengths: `{task: T_k}`: a task's own text positions (specials
+            included, at most `sequence_length - Pmax` for forms 1 and 2, or
+            `sequence_length`), for tasks trained on shorter texts: its text
+            is cut as in training. Default: every task uses all positions.
 
     Returns:
         The path of the new version directory.
 
     Raises:
         FileExistsError: if the version exists.
-        ValueError: if a prompt was trained on another base, or the shapes
-            do not fit.
+        ValueError: if a prompt was trained on another base, the shapes do
+            not fit, the label names do not match the classes, or an
+            ensemble's members differ in their labels.
+
+    Example:
+    ```python
+    export_model(
+        classifier, "models/sst", 1, tokenizer=tokenizer, sequence_length=64,
+        prompts={f"sst/{i}": f"seed{i}/prompt.npz" for i in range(3)},
+        ensembles={"sst": ["sst/0", "sst/1", "sst/2"]},
+    )
+    ```
     """
     base_dir = os.fspath(base_dir)
     layout.check_new_version(base_dir, version)
@@ -250,46 +383,43 @@ def export_model(
     tracked, runner, table, keras2, head_classes = _prepare(
         model, prompts, vocabulary, task, offset, tokenizer, specials, heads
     )
+    if ensembles and table is None:
+        raise ValueError(
+            "`ensembles` combine exported prompts; this model has none. Pass `prompts`."
+        )
+    routes = None if table is None else ensembles_lib.Routes.build(table, ensembles)
     reserved = table.max_length if table is not None and table.takes_positions else 0
     encoder = TextEncoder(tokenizer, sequence_length - reserved, **specials)
+    tasks = list(table.tasks) if table is not None else [None]
     if heads is None:
-        num_classes = int(tracked[0].output.shape[-1])
+        classes = {t: int(tracked[0].output.shape[-1]) for t in tasks}
     else:
-        num_classes = max(head_classes)
-    names, classes = _label_table(labels, table, num_classes)
-    if heads is not None and isinstance(labels, dict):
-        given = dict(
-            zip(
-                table.tasks,
-                classes * len(table.tasks) if len(classes) == 1 else classes,
-            )
-        )
-        wanted = dict(zip(table.tasks, head_classes))
-        if given != wanted:
-            raise ValueError(
-                f"Each task needs one label name per class of its head. Received "
-                f"label counts {given} for head sizes {wanted}."
-            )
-    elif heads is not None and len(set(head_classes)) > 1:
-        raise ValueError(
-            "The heads have different class counts "
-            f"{dict(zip(table.tasks, head_classes))}; pass `labels` as "
-            "`{task: names}`, one list per task."
-        )
-    stages = ClassifierStages(runner, table, encoder, names, classes, activation)
-    signatures = archive.endpoints(stages, encoder.length, table)
+        classes = dict(zip(tasks, head_classes))
+    named = _task_labels(labels, tasks, classes)
+    names, class_counts = _served_labels(named, table, routes)
+    limits = _text_limits(text_lengths, table, encoder)
+    stages = ClassifierStages(
+        runner, table, encoder, names, class_counts, activation, routes, limits
+    )
+    served = routes if routes is not None else table
+    signatures = archive.endpoints(stages, encoder.length, served)
     # Encoding the warmup texts eagerly also builds a keras-hub tokenizer,
     # which the archive must track (it may own lookup tables).
-    warmup = archive.warmup_inputs(stages.encode, warmup_texts, table)
+    warmup = archive.warmup_inputs(stages.encode, warmup_texts, served)
     if getattr(tokenizer, "built", False):
         tracked.append(tokenizer)
     info = {
         "kind": "classifier",
-        "labels": names[0][: classes[0]] if len(names) == 1 else None,
-        "labels_per_task": _labels_per_task(table, names, classes),
+        "labels": names[0][: class_counts[0]] if len(names) == 1 else None,
+        "labels_per_task": _labels_per_served_name(named, routes),
         **archive.table_info(table),
+        "ensembles": dict(routes.ensembles) if routes is not None else {},
+        "served_tasks": list(routes.tasks) if routes is not None else [],
         "sequence_length": int(sequence_length),
         "text_positions": encoder.length,
+        "text_positions_per_task": (
+            dict(zip(table.tasks, limits)) if limits is not None else None
+        ),
         "max_text_tokens": encoder.max_text_tokens,
         "special_ids": {
             "start": encoder.start_id,
@@ -301,9 +431,13 @@ def export_model(
             "predict_tokens": ["probabilities", "label_ids"],
         },
         "truncation": (
-            "text keeps its first max_text_tokens tokens; the prompt is never truncated"
+            "text keeps its first max_text_tokens tokens (a task with its own "
+            "text_positions_per_task T_k: its first T_k - specials); the prompt "
+            "is never truncated"
         ),
     }
+    if routes is not None and routes.has_ensembles:
+        info["ensemble_combination"] = ensembles_lib.COMBINATION
     return archive.write(
         tracked,
         base_dir,
@@ -314,6 +448,16 @@ def export_model(
         keras2=keras2,
         model_name=model_name,
     )
+
+
+def _labels_per_served_name(named, routes):
+    if routes is None or len(routes.tasks) < 2:
+        return None
+    table_tasks = [t for t in routes.tasks if t not in routes.ensembles]
+    result = {t: named[t] for t in table_tasks}
+    for name, members in routes.ensembles.items():
+        result[name] = named[members[0]]
+    return result
 
 
 __all__ = ["ClassifierStages", "export_model"]

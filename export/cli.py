@@ -1,26 +1,43 @@
 """`tf-softprompt export`: trained run directories to a TF Serving model.
 
 Each RUN_DIR is a finished `tf-softprompt train --out RUN_DIR`: its
-`run.json` names the base model, labels, sequence length, prompt length and
-offset; `prompt.npz` is the prompt and `head.weights.npz` the classifier
-head. The keras-hub `TextClassifier` is rebuilt from the base preset.
+`run.json` names the base model, labels, sequence length, method, prompt
+length and offset; `prompt.npz` is the prompt and `head.weights.npz` the
+classifier head. The keras-hub `TextClassifier` is rebuilt from the base
+preset.
 
 - One run: the tuned model (base + prompt + head) is exported as is.
-- Several runs on the same base, method and offset: one SavedModel serves
-  them all; the `task` input picks each example's prompt (a padded table),
-  its classifier head and its label names (runs may have different labels
-  and class counts). Task names are the runs' task names (`--task` renames
-  them, in order).
+- Several runs: one SavedModel serves them all; the `task` input picks each
+  example's prompt (one padded table), its classifier head and its label
+  names. Task names are the runs' task names (`--task` renames them, in
+  order; the run directories' names when two runs share one).
+- `--ensemble NAME=RUN,RUN,...` (repeatable) adds an ensemble: its runs
+  (prompts trained for one task, e.g. with different `--seed`s) become
+  tasks `NAME/0`, `NAME/1`, ... and a request for `NAME` runs them all in
+  one pass and returns the mean of their probabilities
+  (`tf_softprompt.export.ensembles`). `--ensemble NAME` without runs makes
+  every RUN_DIR a member. Ensembles and plain runs share one export and one
+  mixed batch.
 
-Text positions equal the run's `sequence_length` (the longest, for several
-runs), so serving truncates texts as training did; prompt slots (forms 1
-and 2) are added on top.
+What may differ between the runs of one export: the label names and their
+number (each task keeps its own head; a task with fewer classes gets
+probability 0 for the padded ones), the prompt length (shorter prompts are
+masked), and the sequence length (each task's text is cut to its own
+run's `sequence_length`; the export holds the longest). What must match:
+
+- the base: one preset, checked through the prompts' fingerprints (the
+  vocabulary for forms 1 and 2, every frozen weight for a prefix);
+- the method (`embedding`, `prepend` or `prefix`): one table holds them;
+- the prompt offset (forms 1 and 2): one insertion point for all rows;
+- within one ensemble, the label names (their probabilities are averaged).
 
 Example:
 ```
 tf-softprompt train --out run
 tf-softprompt export run --out models/demo --version 1
 tf-softprompt export run_sst run_news --out models/multi --version 1
+tf-softprompt export run_news --ensemble sst=seed0,seed1,seed2 \
+    --out models/mixed --version 1
 ```
 """
 
@@ -42,7 +59,7 @@ def add_export_parser(subparsers):
             "version."
         ),
     )
-    parser.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    parser.add_argument("runs", nargs="*", metavar="RUN_DIR")
     parser.add_argument("--out", required=True, help="model base path")
     parser.add_argument("--version", type=int, required=True)
     parser.add_argument(
@@ -52,11 +69,50 @@ def add_export_parser(subparsers):
         help="task name per RUN_DIR, in order (default: each run's task)",
     )
     parser.add_argument(
+        "--ensemble",
+        action="append",
+        default=None,
+        metavar="NAME[=RUN_DIR,RUN_DIR,...]",
+        help=(
+            "serve these runs (default: every RUN_DIR) as one ensemble task "
+            "NAME: the mean of their probabilities, in one pass (repeatable)"
+        ),
+    )
+    parser.add_argument(
         "--model-name",
         default=None,
         help="name served under, used in warmup requests (default: OUT's name)",
     )
     parser.set_defaults(func=run_export)
+
+
+def parse_ensembles(values, runs):
+    """`(plain_runs, {name: [run_dir, ...]})` from `--ensemble` values.
+
+    `NAME=A,B,C` lists its runs; a bare `NAME` takes every positional run
+    (which are then not served as plain tasks).
+    """
+    ensembles, plain = {}, list(runs)
+    bare = [v for v in values or () if "=" not in v]
+    if bare and (len(values) > 1 or not runs):
+        raise ValueError(
+            f"`--ensemble {bare[0]}` (without `=RUN,...`) makes every RUN_DIR a "
+            "member, so it must be the only --ensemble and RUN_DIRs must be "
+            f"given. Received --ensemble {values} with runs {list(runs)}; use "
+            "`--ensemble NAME=RUN,RUN,...` for several."
+        )
+    for value in values or ():
+        name, _, members = value.partition("=")
+        name = name.strip()
+        if not name or name in ensembles:
+            raise ValueError(
+                f"Each --ensemble needs its own non-empty NAME. Received: {value!r}."
+            )
+        if "=" in value:
+            ensembles[name] = [m for m in members.split(",") if m]
+        else:
+            ensembles[name], plain = list(runs), []
+    return plain, ensembles
 
 
 def _read_run(run_dir):
@@ -124,18 +180,49 @@ def _positions(run):
     return int(run["prompt_length"]) if method.uses_virtual_ids else 0
 
 
-def export_runs(run_dirs, out, version, tasks=None, model_name=None):
+def export_runs(run_dirs, out, version, tasks=None, model_name=None, ensembles=None):
     """Export trained run directories; returns the version directory.
 
     One run exports the tuned model as is. Several runs on one base go into
     one SavedModel: a padded prompt table, and one classifier head and label
-    list per task, picked per example by `task`. Text positions are the
-    longest `sequence_length` of the runs.
+    list per task, picked per example by `task`; each task's text is cut to
+    its run's `sequence_length`.
+
+    Args:
+        run_dirs: the plain tasks' run directories.
+        out, version: the model base path and the new version.
+        tasks: task names for `run_dirs`, in order (default: the runs').
+        model_name: the name in warmup requests.
+        ensembles: `{name: [run_dir, ...]}`: each an ensemble of its runs,
+            served as `name` (members also as `name/0`, `name/1`, ...).
+
+    Example:
+    ```python
+    export_runs(["run_news"], "models/mixed", 1,
+                ensembles={"sst": ["seed0", "seed1", "seed2"]})
+    ```
     """
     from tf_softprompt.export import export_model
     from tf_softprompt.training import models, run_dir
 
-    dirs = [os.path.abspath(d) for d in run_dirs]
+    plain = [os.path.abspath(d) for d in run_dirs]
+    ensembles = {
+        name: [os.path.abspath(d) for d in members]
+        for name, members in (ensembles or {}).items()
+    }
+    if not plain and not ensembles:
+        raise ValueError("Pass at least one RUN_DIR (or an --ensemble of runs).")
+    names = _task_names(plain, tasks) if plain else []
+    dirs = list(plain)
+    for name, members in ensembles.items():
+        names += [f"{name}/{i}" for i in range(len(members))]
+        dirs += members
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(
+            f"Two runs would serve under the task names {repeated}. Pass "
+            "--task NAME for each RUN_DIR to tell them apart."
+        )
     runs = [_read_run(d) for d in dirs]
     _check_same_base(runs, dirs)
     run = runs[0]
@@ -148,10 +235,9 @@ def export_runs(run_dirs, out, version, tasks=None, model_name=None):
             tokenizer=trained.preprocessor.tokenizer,
             sequence_length=int(run["sequence_length"]) + _positions(run),
             labels=run["labels"],
-            task=(tasks or _task_names(dirs, None))[0],
+            task=names[0],
             model_name=model_name,
         )
-    names = _task_names(dirs, tasks)
     sequence_length = max(int(r["sequence_length"]) for r in runs)
     preprocessor = models.load_preprocessor(run["model_path"], sequence_length)
     heads_of = {}
@@ -176,13 +262,19 @@ def export_runs(run_dirs, out, version, tasks=None, model_name=None):
         offset=int(run["offset"]) if _positions(run) else None,
         heads=heads,
         model_name=model_name,
+        ensembles={
+            name: [f"{name}/{i}" for i in range(len(members))]
+            for name, members in ensembles.items()
+        },
+        text_lengths={n: int(r["sequence_length"]) for n, r in zip(names, runs)},
     )
 
 
 def run_export(args):
     try:
+        plain, ensembles = parse_ensembles(args.ensemble, args.runs)
         path = export_runs(
-            args.runs, args.out, args.version, args.task, args.model_name
+            plain, args.out, args.version, args.task, args.model_name, ensembles
         )
     except FileExistsError as e:
         print(f"tf-softprompt export: error: {e}", file=sys.stderr)

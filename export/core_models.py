@@ -3,8 +3,22 @@
 
 The model's prompt layer is replaced, in a clone that shares every other
 layer and weight, by one holding the export's prompt table; the model
-stage then inserts each example's prompt ids (`tf_softprompt.packing`) and
-runs the clone. A model without a prompt layer exports as a baseline.
+stage then gives each example its own task's prompt and runs the clone:
+
+- `PromptEmbedding` (form 1): each example's virtual ids are inserted into
+  its token ids (`tf_softprompt.packing`), padded slots masked and packed
+  behind the text.
+- `PromptPrepend` (form 2): the replacement is an exporter-private
+  subclass of the model's flavour of `PromptPrepend` that inserts each
+  example's rows `[B, Pmax, H]` of the table with their mask, and packs
+  the valid slots first, so that a shorter prompt's text sits where it sat
+  in training (position layers after the prompt see the same positions).
+  The runner hands it the per-example rows through a context
+  (`selected_rows`) while the model is traced. Padded slots are masked,
+  so layers after it must consume the Keras mask (masked pooling,
+  attention with the mask, RNNs) for shorter prompts to be exact.
+
+A model without a prompt layer exports as a baseline.
 
 Example:
 ```python
@@ -14,15 +28,130 @@ runner = Runner(table_model(model, layer, table), table, layer)
 ```
 """
 
+import contextlib
+import contextvars
+
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_softprompt import initializers, keras2, layers, packing
+from tf_softprompt import initializers, keras2, layers, ops, packing
 from tf_softprompt.export.prompt_table import MultiTaskPromptTable
 
 _EMBEDDING_LAYERS = (layers.PromptEmbedding, keras2.PromptEmbedding)
 _PREPEND_LAYERS = (layers.PromptPrepend, keras2.PromptPrepend)
+
+# (rows [B, Pmax] int32 into the table, mask [B, Pmax] bool) of the call
+# being traced, set by `Runner` around the model call.
+_SELECTED_ROWS = contextvars.ContextVar("tf_softprompt_selected_rows", default=None)
+
+
+@contextlib.contextmanager
+def selected_rows(rows, mask):
+    """Give every `PromptPrepend` replacement these per-example rows."""
+    token = _SELECTED_ROWS.set((rows, mask))
+    try:
+        yield
+    finally:
+        _SELECTED_ROWS.reset(token)
+
+
+class _SelectedRowsPrepend:
+    """`PromptPrepend` over a padded multi-task table (exporter only).
+
+    The layer's prompt is the table, `[K * Pmax, H]`. Each example inserts
+    its own `Pmax` rows at `offset` (`selected_rows`; task 0's outside a
+    runner call, e.g. while the clone is built), the slots beyond its task's
+    length are masked, and the sequence is packed (valid positions first,
+    in order). With no incoming mask and prompts of one length, nothing is
+    masked and no mask is made, as the plain layer does.
+
+    Args:
+        num_prompt_tokens: int, the table's rows `K * Pmax`.
+        lengths: list of the K prompt lengths.
+        **kwargs: `PromptPrepend`'s (`offset`, `prompt_initializer`, ...).
+    """
+
+    def __init__(self, num_prompt_tokens, lengths, **kwargs):
+        super().__init__(num_prompt_tokens, **kwargs)
+        self.lengths = tuple(int(n) for n in lengths)
+        self.width = max(self.lengths)
+
+    def _selection(self, inputs):
+        selection = _SELECTED_ROWS.get()
+        if selection is not None:
+            return selection
+        slots = tf.range(self.width)[None]
+        rows = tf.tile(slots, tf.stack([tf.shape(inputs)[0], 1]))
+        return rows, rows < self.lengths[0]
+
+    def _extended_mask(self, inputs, mask, prompt_mask):
+        if mask is None:
+            if len(set(self.lengths)) == 1:
+                return None
+            raise ValueError(
+                f"Prompts of different lengths {list(self.lengths)} in a "
+                "PromptPrepend export are masked, but no Keras mask reaches "
+                f"the layer {self.name}, so the layers after it could not skip "
+                "the padded slots. Give the embedding `mask_zero=True` (or pass "
+                "a mask), or export prompts of one length."
+            )
+        mask = tf.cast(mask, tf.bool)
+        return ops.insert_along_sequence(mask, prompt_mask, self.offset)
+
+    def call(self, inputs, mask=None):
+        rows, prompt_mask = self._selection(inputs)
+        values = tf.gather(self.prompt, rows)  # [B, Pmax, H]
+        outputs = ops.prepend_prompt(inputs, values, self.offset)
+        extended = self._extended_mask(inputs, mask, prompt_mask)
+        if extended is None:
+            return outputs
+        return ops.gather_rows(outputs, ops.pack_permutation(extended))
+
+    def compute_mask(self, inputs, mask=None):
+        _, prompt_mask = self._selection(inputs)
+        extended = self._extended_mask(inputs, mask, prompt_mask)
+        if extended is None:
+            return None
+        return ops.gather_rows(extended, ops.pack_permutation(extended))
+
+    def compute_output_shape(self, input_shape):
+        batch, length, hidden = tuple(input_shape)
+        return (batch, None if length is None else length + self.width, hidden)
+
+
+class _Keras3SelectedRowsPrepend(_SelectedRowsPrepend, layers.PromptPrepend):
+    def compute_mask(self, inputs, mask=None):
+        if any(isinstance(x, keras.KerasTensor) for x in (inputs, mask)):
+            return self.mask_operation()(inputs, mask)
+        return super().compute_mask(inputs, mask)
+
+    def mask_operation(self):
+        """Keras 3 records a mask as an operation of the functional graph,
+        which runs when the model runs: this layer's, computing its mask."""
+        return _SelectedRowsMask(self)
+
+
+class _SelectedRowsMask(keras.Operation):
+    """The mask of a `_Keras3SelectedRowsPrepend`, as a graph operation."""
+
+    def __init__(self, layer):
+        super().__init__(name=f"{layer.name}_mask")
+        self.layer = layer
+
+    def call(self, inputs, mask=None):
+        return _SelectedRowsPrepend.compute_mask(self.layer, inputs, mask)
+
+    def compute_output_spec(self, inputs, mask=None):
+        if mask is None and len(set(self.layer.lengths)) == 1:
+            return None
+        batch, length = inputs.shape[0], inputs.shape[1]
+        length = None if length is None else length + self.layer.width
+        return keras.KerasTensor((batch, length), dtype="bool")
+
+
+class _Keras2SelectedRowsPrepend(_SelectedRowsPrepend, keras2.PromptPrepend):
+    pass
 
 
 def find_prompt_layer(model):
@@ -55,6 +184,12 @@ def is_keras2(model):
 
 
 def _clone_with(model, old, new):
+    """Clone `model` with `new` for `old`, sharing every other layer.
+
+    A Keras 3 `PromptPrepend` leaves its mask in the graph as a
+    `PromptMask` operation (its rule: the old layer's); the clone runs the
+    new layer's mask operation there instead.
+    """
     if not any(top is old for top in model.layers):
         raise ValueError(
             f"The prompt layer {old.name} is nested inside a sub-model of "
@@ -67,7 +202,23 @@ def _clone_with(model, old, new):
         clone = tf_keras.models.clone_model
     else:
         clone = keras.models.clone_model
-    return clone(model, clone_function=lambda layer: new if layer is old else layer)
+    mask = new.mask_operation() if hasattr(new, "mask_operation") else None
+
+    def replace(operation):
+        if operation is old:
+            return new
+        if mask is not None and _is_prepend_mask(operation):
+            return mask
+        return operation
+
+    return clone(model, clone_function=replace)
+
+
+def _is_prepend_mask(operation):
+    return (
+        isinstance(operation, layers.PromptMask)
+        and operation.layer_class == "PromptPrepend"
+    )
 
 
 def table_model(model, layer, table):
@@ -84,20 +235,19 @@ def table_model(model, layer, table):
         )
         new.build((None, None))
     else:
-        if len(table.tasks) != 1:
-            raise ValueError(
-                "Several prompts in one export need virtual prompt ids "
-                "(`PromptEmbedding`); this model inserts its prompt with "
-                f"`PromptPrepend` ({layer.name}). Export one task per model, or "
-                "build the model with `PromptEmbedding`."
-            )
+        flavour = (
+            _Keras2SelectedRowsPrepend
+            if isinstance(layer, keras2.PromptPrepend)
+            else _Keras3SelectedRowsPrepend
+        )
         # Not through get_config: it refuses a vocabulary-based initialiser,
         # which a PromptPrepend cannot rebuild; the table is the prompt here.
-        new = type(layer)(
-            layer.num_prompt_tokens,
-            offset=layer.offset,
+        new = flavour(
+            table.num_rows,
+            table.lengths,
+            offset=table.offset,
             prompt_initializer=initializers.from_array(table.table),
-            name=f"{layer.name}_exported",
+            name=f"{layer.name}_task_table",
             dtype=layer.dtype_policy,
         )
         new.build((None, None, int(layer.prompt.shape[1])))
@@ -127,6 +277,9 @@ def prompt_table(layer, prompts, vocabulary, task, offset, default_offset):
             )
         return None
     if prompts is None:
+        if offset is None:
+            # A PromptPrepend knows where its prompt goes; ids do not.
+            offset = getattr(layer, "offset", 0) if _is_prepend(layer) else None
         offset = default_offset if offset is None else offset
         vocab = vocabulary
         if vocab is None and isinstance(layer, _EMBEDDING_LAYERS):
@@ -144,6 +297,10 @@ def prompt_table(layer, prompts, vocabulary, task, offset, default_offset):
         offset=int(offset),
         method=table.method,
     )
+
+
+def _is_prepend(layer):
+    return isinstance(layer, _PREPEND_LAYERS)
 
 
 def _vocabulary(layer):
@@ -189,8 +346,14 @@ class Runner:
         self.model = model
         self.table = table
         self.inserts_ids = table is not None and isinstance(layer, _EMBEDDING_LAYERS)
+        self.selects_rows = table is not None and _is_prepend(layer)
 
     def __call__(self, token_ids, padding_mask, prompt_ids, prompt_mask, task_index):
+        if self.selects_rows:
+            rows = tf.cast(prompt_ids, tf.int32) - self.table.vocab_size
+            with selected_rows(rows, tf.cast(prompt_mask, tf.bool)):
+                inputs = model_inputs(self.model, token_ids, padding_mask)
+                return self.model(inputs, training=False)
         if self.inserts_ids:
             extended, _ = packing.extend_inputs(
                 {"token_ids": token_ids, "padding_mask": padding_mask},

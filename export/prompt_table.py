@@ -247,35 +247,11 @@ class MultiTaskPromptTable:
 
         An unknown name fails with InvalidArgument listing the known tasks.
         """
-        names = tf.constant(list(self.tasks))
-        matches = tf.equal(task[:, None], names[None, :])
-        known = tf.reduce_any(matches, axis=1)
-        check = tf.debugging.Assert(
-            tf.reduce_all(known),
-            [
-                f"Unknown task. Known tasks: {', '.join(self.tasks)}. "
-                "Received unknown task names:",
-                tf.boolean_mask(task, tf.logical_not(known)),
-            ],
-            name="check_task",
-        )
-        with tf.control_dependencies([check]):
-            return tf.argmax(tf.cast(matches, tf.int32), axis=1, output_type=tf.int32)
+        return task_index(self.tasks, task)
 
     def check_task_id(self, task_id):
         """Assert integer task ids `[B]` lie in `[0, K)`; returns them."""
-        k = len(self.tasks)
-        check = tf.debugging.Assert(
-            tf.reduce_all((task_id >= 0) & (task_id < k)),
-            [
-                f"task_id must lie in [0, {k}) for tasks {', '.join(self.tasks)}."
-                " Received:",
-                task_id,
-            ],
-            name="check_task_id",
-        )
-        with tf.control_dependencies([check]):
-            return tf.identity(task_id)
+        return check_task_id(self.tasks, task_id)
 
     def prompt_ids(self, task_index):
         """The prompt ids and mask of each example's prompt.
@@ -292,3 +268,39 @@ class MultiTaskPromptTable:
         ids = self.vocab_size + task_index[:, None] * pmax + steps[None, :]
         lengths = tf.gather(tf.constant(self.lengths, tf.int32), task_index)
         return ids, steps[None, :] < lengths[:, None]
+
+
+def task_index(names, task):
+    """Map names `[B]` (string) to their indices in `names` (int32 `[B]`).
+
+    An unknown name fails with InvalidArgument listing the known ones.
+    """
+    constants = tf.constant(list(names))
+    matches = tf.equal(task[:, None], constants[None, :])
+    known = tf.reduce_any(matches, axis=1)
+    check = tf.debugging.Assert(
+        tf.reduce_all(known),
+        [
+            f"Unknown task. Known tasks: {', '.join(names)}. "
+            "Received unknown task names:",
+            tf.boolean_mask(task, tf.logical_not(known)),
+        ],
+        name="check_task",
+    )
+    with tf.control_dependencies([check]):
+        return tf.argmax(tf.cast(matches, tf.int32), axis=1, output_type=tf.int32)
+
+
+def check_task_id(names, task_id):
+    """Assert integer ids `[B]` lie in `[0, len(names))`; returns them."""
+    k = len(names)
+    check = tf.debugging.Assert(
+        tf.reduce_all((task_id >= 0) & (task_id < k)),
+        [
+            f"task_id must lie in [0, {k}) for tasks {', '.join(names)}. Received:",
+            task_id,
+        ],
+        name="check_task_id",
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(task_id)

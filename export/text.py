@@ -98,3 +98,30 @@ class TextEncoder:
         token_ids = packed.to_tensor(default_value=self.pad_id, shape=shape)
         padding_mask = tf.ones_like(packed, tf.bool).to_tensor(False, shape=shape)
         return token_ids, padding_mask
+
+    def truncate(self, token_ids, padding_mask, limit):
+        """Shorten encoded rows to `limit` positions each, numerically.
+
+        For a multi-task export whose tasks were trained with different
+        text lengths: each row keeps its first `limit - num_specials` text
+        tokens and its end token, as `TextEncoder(tokenizer, limit)` would
+        have encoded it. Rows must have this encoder's layout (start, text,
+        end, then padding); static shapes, no string op.
+
+        Args:
+            token_ids: int32 `[B, length]`.
+            padding_mask: bool `[B, length]`.
+            limit: int32 `[B]`, each row's text positions (at most `length`).
+
+        Returns:
+            `(token_ids, padding_mask)`, `[B, length]`.
+        """
+        positions = tf.range(self.length, dtype=tf.int32)[None]
+        used = tf.reduce_sum(tf.cast(padding_mask, tf.int32), axis=1)
+        kept = tf.minimum(used, limit)
+        keep = tf.cast(padding_mask, tf.bool) & (positions < limit[:, None])
+        token_ids = tf.where(keep, token_ids, self.pad_id)
+        if self.end_id is not None:
+            cut = (positions == kept[:, None] - 1) & (kept < used)[:, None]
+            token_ids = tf.where(cut, self.end_id, token_ids)
+        return token_ids, keep

@@ -12,6 +12,11 @@ succeed where the server fails, so exports are checked here two ways:
   (`TF_LoadSessionFromSavedModel` + `TF_SessionRun`), with the
   tensorflow-text kernels loaded by `TF_LoadLibrary`.
 
+Neither compares inputs with the SignatureDef, as TF Serving does not: a
+float `token_ids` or a wrong length reaches the SavedModel, and the error
+(or answer) is the SavedModel's own. The session loader adds only TF
+Serving's request checks (`SessionLoaderBackend`).
+
 A job is `{"label", "export_dir", "signature", "inputs": {key: array}}`; a
 result is `{"outputs": {key: array}}` or `{"error": {"code", "message"}}`
 (`code` is the TF error code name, e.g. `"INVALID_ARGUMENT"`).
@@ -68,12 +73,21 @@ def function_aliases(export_dir):
 
 
 class SessionLoaderBackend:
-    """One SavedModel in a TF1 session, as TF Serving holds it.
+    """One SavedModel in a TF1 session, run the way TF Serving's Predict runs it.
 
-    Inputs are checked against the SignatureDef before running (dtype,
-    rank, static dimensions), and a mismatch raises
-    `tf.errors.InvalidArgumentError`, as TF Serving's predict handler does;
-    the Python session would otherwise cast silently.
+    TF Serving's Predict (`servables/tensorflow/predict_util.cc`,
+    `RunPredict`, with `saved_model::GetInputValues` from
+    `tensorflow/cc/saved_model/util.cc`) checks only the *request*: the
+    signature exists (else FAILED_PRECONDITION), the request has as many
+    inputs as the signature and only its aliases (else INVALID_ARGUMENT),
+    and each TensorProto parses. It never compares dtypes or shapes with the
+    SignatureDef: the tensors go as they are to `Session::Run`, so a wrong
+    dtype or a wrong length is whatever the SavedModel's own graph and the
+    TF runtime answer. This class does the same request checks (the only
+    emulated part, with TF Serving's codes) and then feeds the arrays
+    unconverted through `TF_SessionRun` (the session's `_do_run`: Python's
+    `Session.run` would cast a float feed to int32 and refuse a wrong shape
+    client-side, which TF Serving does not do).
 
     Args:
         export_dir: a SavedModel version directory.
@@ -93,57 +107,59 @@ class SessionLoaderBackend:
         self.signatures = dict(meta_graph.signature_def)
 
     def run(self, signature, inputs):
-        """Run `signature` on `{key: array}`; returns `{key: array}`."""
+        """Run `signature` on `{key: array}`; returns `{key: array}`.
+
+        Raises:
+            tf.errors.OpError: FAILED_PRECONDITION for an unknown signature,
+                INVALID_ARGUMENT for missing or extra inputs (TF Serving's
+                request checks), else whatever `TF_SessionRun` raises.
+        """
         import tensorflow as tf
 
         if signature not in self.signatures:
-            raise tf.errors.InvalidArgumentError(
-                None,
-                None,
-                f"Unknown signature {signature!r}; the model has "
-                f"{sorted(self.signatures)}.",
+            raise tf.errors.FailedPreconditionError(
+                None, None, f'Serving signature key "{signature}" not found.'
             )
         spec = self.signatures[signature]
-        feeds = {}
-        for key, info in spec.inputs.items():
-            if key not in inputs:
-                raise tf.errors.InvalidArgumentError(
-                    None, None, f"Missing input {key!r} for signature {signature!r}."
-                )
-            feeds[info.name] = _checked(key, inputs[key], info)
-        extra = set(inputs) - set(spec.inputs)
-        if extra:
-            raise tf.errors.InvalidArgumentError(
-                None,
-                None,
-                f"Unexpected inputs {sorted(extra)}; signature {signature!r} takes "
-                f"{sorted(spec.inputs)}.",
+        _check_request_inputs(spec, inputs)
+        feeds = {
+            self.graph.get_tensor_by_name(info.name).ref(): _as_tensor_value(
+                inputs[key]
             )
-        fetches = {key: info.name for key, info in spec.outputs.items()}
-        return self.session.run(fetches, feed_dict=feeds)
+            for key, info in spec.inputs.items()
+        }
+        keys = sorted(spec.outputs)
+        fetches = [self.graph.get_tensor_by_name(spec.outputs[k].name) for k in keys]
+        values = self.session._do_run(None, [], fetches, feeds, None, None)
+        return dict(zip(keys, values))
 
 
-def _checked(key, value, info):
+def _check_request_inputs(spec, inputs):
+    """TF Serving's request checks (`VerifyRequestInputsSize`,
+    `GetInputValues`): the request names exactly the signature's inputs."""
     import tensorflow as tf
 
+    sent, wanted = set(inputs), set(spec.inputs)
+    if sent != wanted:
+        raise tf.errors.InvalidArgumentError(
+            None,
+            None,
+            f"input size does not match signature: {len(sent)}!={len(wanted)} "
+            f"len({{{','.join(sorted(sent))}}}) != "
+            f"len({{{','.join(sorted(wanted))}}}). Sent extra: "
+            f"{{{','.join(sorted(sent - wanted))}}}. Missing but required: "
+            f"{{{','.join(sorted(wanted - sent))}}}.",
+        )
+
+
+def _as_tensor_value(value):
+    """The array a TensorProto of `value` would decode to (its own dtype)."""
     value = np.asarray(value)
-    dtype = tf.dtypes.as_dtype(info.dtype)
-    received = "string" if value.dtype.kind in "OSU" else value.dtype.name
-    expected = "string" if dtype == tf.string else dtype.as_numpy_dtype().dtype.name
-    shape = [d.size for d in info.tensor_shape.dim]
-    if received != expected:
-        raise tf.errors.InvalidArgumentError(
-            None, None, f"Input {key!r} must be {expected}; received {received}."
-        )
-    if len(shape) != value.ndim or any(
-        d >= 0 and d != n for d, n in zip(shape, value.shape)
-    ):
-        raise tf.errors.InvalidArgumentError(
-            None,
-            None,
-            f"Input {key!r} must have shape {shape} (-1 = any); received "
-            f"{list(value.shape)}.",
-        )
+    if value.dtype.kind in "SU":
+        value = np.array(
+            [v.encode() if isinstance(v, str) else bytes(v) for v in value.ravel()],
+            dtype=object,
+        ).reshape(value.shape)
     return value
 
 
@@ -159,8 +175,7 @@ def _run_jobs_in_session(jobs):
             outputs = backends[directory].run(job["signature"], job["inputs"])
             results.append({"outputs": outputs})
         except tf.errors.OpError as e:
-            code = _code_name(type(e).__name__)
-            results.append({"error": {"code": code, "message": e.message}})
+            results.append({"error": {"code": error_code(e), "message": e.message}})
     return results
 
 
@@ -171,6 +186,11 @@ def _code_name(exception_name):
         "FailedPreconditionError": "FAILED_PRECONDITION",
     }
     return names.get(exception_name, exception_name)
+
+
+def error_code(error):
+    """The TF status name (`"INVALID_ARGUMENT"`, ...) of a `tf.errors.OpError`."""
+    return _code_name(type(error).__name__)
 
 
 def run_session_loader(jobs, timeout=600):
