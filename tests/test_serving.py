@@ -2,10 +2,14 @@
 
 No TF Serving binary can be installed here. The client is tested against
 loopback TEST DOUBLES of TF Serving's gRPC `PredictionService` and REST
-`:predict` API, both backed by the TF1 session loader (the way TF Serving
-holds a SavedModel). They are test doubles, not TF Serving: they check the
-client's requests and decoding, and the exported model's answers through a
-session, not TF Serving's own request handling.
+`:predict` API, both backed by `loaders.SessionLoaderBackend`: the TF1
+session loader (the way TF Serving holds a SavedModel), with TF Serving's
+request checks (the signature exists, the inputs are the signature's; the
+only emulated part) and inputs fed unconverted to `TF_SessionRun`, so a bad
+dtype or a bad task is answered by the SavedModel or the TF runtime, as in
+TF Serving. They are test doubles, not TF Serving: they check the client's
+requests and decoding and the exported model's answers, not TF Serving's
+HTTP/gRPC layers.
 """
 
 import concurrent.futures
@@ -82,6 +86,7 @@ def served(tmp_path_factory):
         labels=LABELS,
         prompts=paths,
         offset=1,
+        ensembles={"ab": ["a", "b"]},
     )
     expected = []
     for text, task in zip(TEXTS, TASKS):
@@ -94,7 +99,15 @@ def served(tmp_path_factory):
     backend = loaders.SessionLoaderBackend(directory)
     grpc_server, grpc_target = _start_grpc_double(backend, "demo")
     http_server, url = _start_rest_double(backend, "demo")
-    yield {"expected": np.stack(expected), "grpc": grpc_target, "rest": url}
+    yield {
+        "expected": np.stack(expected),
+        "prompts": prompts,
+        "model": model,
+        "layer": layer,
+        "backend": backend,
+        "grpc": grpc_target,
+        "rest": url,
+    }
     grpc_server.stop(None)
     http_server.shutdown()
 
@@ -119,8 +132,8 @@ class _PredictionServiceDouble(prediction_service_pb2_grpc.PredictionServiceServ
         signature = request.model_spec.signature_name or "serving_default"
         try:
             outputs = self.backend.run(signature, inputs)
-        except tf.errors.InvalidArgumentError as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, e.message)
+        except tf.errors.OpError as e:  # TF status codes are gRPC's
+            context.abort(grpc.StatusCode[loaders.error_code(e)], e.message)
         response = predict_pb2.PredictResponse()
         response.model_spec.CopyFrom(request.model_spec)
         for key, value in outputs.items():
@@ -156,8 +169,9 @@ def _start_rest_double(backend, name):
             }
             try:
                 outputs = backend.run(signature, inputs)
-            except tf.errors.InvalidArgumentError as e:
-                return self._reply(400, {"error": e.message})
+            except tf.errors.OpError as e:
+                status = 404 if loaders.error_code(e) == "NOT_FOUND" else 400
+                return self._reply(status, {"error": e.message})
             self._reply(200, {"outputs": {k: _jsonable(v) for k, v in outputs.items()}})
 
         def _reply(self, status, payload):
@@ -199,6 +213,53 @@ def test_unknown_task_raises_invalid_argument_naming_known_tasks(served, transpo
         predict(served[transport], "demo", ["good film"], ["c"])
     assert error.value.code == "INVALID_ARGUMENT"
     assert "Known tasks: a, b" in error.value.message
+
+
+@pytest.mark.parametrize("transport", ["grpc", "rest"])
+def test_an_ensemble_is_queried_like_a_task(served, transport):
+    predict = client.predict_grpc if transport == "grpc" else client.predict_rest
+    outputs = predict(served[transport], "demo", TEXTS, "ab")
+    # The mean of the two prompts' answers, computed with the Keras model.
+    expected = []
+    for task in "ab":
+        served["layer"].prompt.assign(served["prompts"][task])
+        rows = []
+        for text in TEXTS:
+            ids = [2, V, V + 1] + [WORDS.index(w) for w in text.split()] + [3]
+            logits = served["model"](
+                {"token_ids": np.array([ids]), "padding_mask": np.ones((1, len(ids)))}
+            )
+            rows.append(tf.nn.softmax(logits)[0].numpy())
+        expected.append(np.stack(rows))
+    mean = (expected[0] + expected[1]) / 2
+    np.testing.assert_allclose(outputs["probabilities"], mean, atol=1e-5)
+    assert list(outputs["label_names"]) == [LABELS[i].encode() for i in mean.argmax(-1)]
+
+
+def test_session_backend_checks_only_what_tf_serving_checks(served):
+    backend = served["backend"]
+    ids = np.array([[2, 5, 3, 0, 0, 0, 0, 0]], np.int32)
+    tokens = {"token_ids": ids, "padding_mask": (ids != 0).astype(np.int32)}
+    # TF Serving's own request checks (predict_util.cc): emulated here.
+    with pytest.raises(tf.errors.FailedPreconditionError, match="not found"):
+        backend.run("classify", {"text": np.array([b"x"], dtype=object)})
+    with pytest.raises(tf.errors.InvalidArgumentError, match="Missing but required"):
+        backend.run("predict_tokens", tokens)
+    # No dtype or shape check in front of the session: these reach the
+    # SavedModel, whose runtime and in-graph checks answer.
+    task_id = np.array([0], np.int32)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="int32 but float"):
+        backend.run(
+            "predict_tokens",
+            {**tokens, "token_ids": ids.astype(np.float32), "task_id": task_id},
+        )
+    with pytest.raises(tf.errors.InvalidArgumentError, match="predict_tokens takes"):
+        backend.run(
+            "predict_tokens",
+            {k: v[:, :-1] for k, v in tokens.items()} | {"task_id": task_id},
+        )
+    outputs = backend.run("predict_tokens", {**tokens, "task_id": task_id})
+    assert set(outputs) == {"probabilities", "label_ids"}
 
 
 def test_one_task_for_all_texts_and_mismatched_tasks(served):
