@@ -7,6 +7,8 @@ Installed as `tf_softprompt.export`. Modules, one concept each:
 - `core_models`: models built with the core layers (clone with the table);
 - `hub_models`: keras-hub models, through `tf_softprompt.hub`;
 - `prompt_table.MultiTaskPromptTable`: several prompts in one padded table;
+- `ensembles.Routes`: served names that run one task or an ensemble of
+  tasks (the mean of their probabilities);
 - `archive`: the endpoint builder and the one archive writer;
 - `text.TextEncoder`: in-graph tokenisation and the truncation policy;
 - `layout`: the versioned, atomic directory layout and warmup requests;
