@@ -16,9 +16,9 @@ the label is its argmax (a soft vote).
 
 - It is the quantity the `probabilities` output promises: a distribution
   over the classes, comparable with a single prompt's.
-- Its argmax agrees with a majority vote (Lester et al.'s rule) whenever the
-  members are confident, and it breaks the ties a vote has with an even K by
-  confidence instead of arbitrarily.
+- Its argmax approaches a majority vote (Lester et al.'s rule) as the
+  members grow confident, and it breaks the ties a vote has with an even K
+  by confidence instead of arbitrarily.
 - A mean of *logits* (a geometric mean of probabilities, renormalised) lets
   one over-confident member outvote the others; the mean of probabilities
   is bounded by each member's own mass.
