@@ -50,6 +50,7 @@ from tf_softprompt.training import (
 )
 
 TINY = dict(
+    method="embedding",
     prompt_length=4,
     sequence_length=16,
     epochs=2,

@@ -89,9 +89,10 @@ class ClassifierConfig:
     text_column: str = _field(data_lib.DEFAULT_TEXT_COLUMN, "text column")
     label_column: str = _field(data_lib.DEFAULT_LABEL_COLUMN, "label column")
     method: str = _field(
-        "embedding",
-        "injection method: embedding (virtual-id rows), prepend (vectors "
-        "replacing the position sum) or prefix (per-layer keys/values)",
+        "prefix",
+        "injection method: prefix (per-layer keys/values; the default, the "
+        "best measured), embedding (virtual-id rows) or prepend (vectors "
+        "replacing the position sum)",
         choices=methods.NAMES,
     )
     prompt_length: int = _field(20, "prompt vectors (or prefix positions) P")
