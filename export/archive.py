@@ -219,8 +219,10 @@ def write(
     options = tf.saved_model.SaveOptions(
         function_aliases={TPU_ALIAS: _endpoint_function(archive, "predict_tokens")}
     )
+    policy = getattr(tracked[0], "dtype_policy", None) if tracked else None
     info = {
         "format": "tf-softprompt-export/1",
+        "compute_dtype": getattr(policy, "compute_dtype", None),
         **info,
         "signatures": list(SIGNATURES),
         "function_aliases": {TPU_ALIAS: "predict_tokens"},

@@ -19,7 +19,7 @@ import pytest
 from tiny_models import build_backbone
 
 from tf_softprompt import hub
-from tf_softprompt.export import export_model
+from tf_softprompt.export import export_model, read_info
 from tf_softprompt.methods import prefix as prefix_lib
 from tf_softprompt.serving import loaders
 from tf_softprompt.training import precision
@@ -58,7 +58,7 @@ def _classifier(policy, method, weights=None):
 def exports(tmp_path_factory):
     root = tmp_path_factory.mktemp("precision")
     tokenizer = keras_hub.models.BertTokenizer(vocabulary=WORDS)
-    dirs, dtypes = {}, {}
+    dirs, dtypes, infos = {}, {}, {}
     for method in ("embedding", "prefix"):
         f32, _ = _classifier("float32", method)
         rng = np.random.default_rng(1)
@@ -75,6 +75,9 @@ def exports(tmp_path_factory):
                 sequence_length=24,
                 labels=LABELS,
             )
+            infos[method, name] = read_info(dirs[method, name])["compute_dtype"]
+    assert infos[method, "bfloat16"] == "bfloat16"
+    assert infos[method, "float32"] == "float32"
     jobs = [
         {
             "export_dir": directory,
@@ -108,3 +111,32 @@ def test_bf16_export_is_within_the_stated_tolerance_of_float32(exports, loader, 
     assert clear.sum() >= 3
     assert bf16["probabilities"].dtype == np.float32
     np.testing.assert_allclose(bf16["probabilities"].sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_cli_exports_a_run_in_bfloat16(tmp_path):
+    from tiny_models import embedded_texts, save_tiny_bert_preset
+
+    from tf_softprompt import cli
+    from tf_softprompt.export import read_info
+
+    preset = save_tiny_bert_preset(tmp_path / "base", embedded_texts())
+    run = str(tmp_path / "run")
+    argv = ["train", "--model", preset, "--out", run, "--epochs", "1"]
+    assert cli.main([*argv, "--no-baseline", "--quiet", "--prompt-length", "3"]) == 0
+    dirs = {}
+    for precision_name in ("float32", "mixed_bfloat16"):
+        base = str(tmp_path / "models" / precision_name)
+        argv = ["export", run, "--out", base, "--version", "1"]
+        assert cli.main([*argv, "--precision", precision_name]) == 0
+        dirs[precision_name] = f"{base}/1"
+    assert read_info(dirs["mixed_bfloat16"])["compute_dtype"] == "bfloat16"
+    assert read_info(dirs["float32"])["compute_dtype"] == "float32"
+    text = np.array([t.encode() for t in ["a lovely film", "cold soup", ""]], object)
+    jobs = [
+        {"export_dir": d, "signature": "serving_default", "inputs": {"text": text}}
+        for d in dirs.values()
+    ]
+    f32, bf16 = (
+        r["outputs"]["probabilities"] for r in loaders.run_session_loader(jobs)
+    )
+    assert np.abs(bf16 - f32).max() <= TOLERANCE
