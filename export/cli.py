@@ -31,6 +31,11 @@ run's `sequence_length`; the export holds the longest). What must match:
 - the prompt offset (forms 1 and 2): one insertion point for all rows;
 - within one ensemble, the label names (their probabilities are averaged).
 
+A causal-LM run (`run.json` kind "causal_lm", e.g. from `tf-softprompt
+import-peft` of a CAUSAL_LM adapter) exports with `export_causal_lm` and
+serves generated text; several causal-LM runs share one table the same way
+(no ensembles: generated texts have no probabilities to average).
+
 Example:
 ```
 tf-softprompt train --out run
@@ -241,6 +246,13 @@ def export_runs(
         )
     runs = [_read_run(d) for d in dirs]
     _check_same_base(runs, dirs)
+    if any(run_dir.is_causal_lm_run(r) for r in runs):
+        if ensembles:
+            raise ValueError(
+                "--ensemble averages classifier probabilities; causal-LM runs "
+                "export as plain tasks only."
+            )
+        return _export_causal_lm_runs(dirs, runs, out, version, names, model_name)
     run = runs[0]
     if len(dirs) == 1:
         trained = run_dir.load_trained(dirs[0], precision=precision)
@@ -284,6 +296,44 @@ def export_runs(
             for name, members in ensembles.items()
         },
         text_lengths={n: int(r["sequence_length"]) for n, r in zip(names, runs)},
+    )
+
+
+def _export_causal_lm_runs(dirs, runs, out, version, names, model_name):
+    """Causal-LM runs (e.g. `import-peft` of a CAUSAL_LM adapter): one run
+    exports as is; several go into one table, picked per example by `task`.
+    Positions: the longest `sequence_length` plus the longest prompt."""
+    from tf_softprompt.export import export_causal_lm
+    from tf_softprompt.training import run_dir
+
+    kinds = [run_dir.is_causal_lm_run(r) for r in runs]
+    if not all(kinds):
+        raise ValueError(
+            f"{dirs[kinds.index(False)]} is a classifier run and "
+            f"{dirs[kinds.index(True)]} a causal-LM run; export them separately."
+        )
+    sequence_length = max(int(r["sequence_length"]) for r in runs)
+    positions = sequence_length + max(_positions(r) for r in runs)
+    if len(dirs) == 1:
+        trained = run_dir.load_trained_causal_lm(dirs[0])
+        return export_causal_lm(
+            trained.model,
+            out,
+            version,
+            sequence_length=positions,
+            preprocessor=trained.preprocessor,
+            task=names[0],
+            model_name=model_name,
+        )
+    model, preprocessor = run_dir.load_causal_lm(runs[0], sequence_length)
+    return export_causal_lm(
+        model,
+        out,
+        version,
+        sequence_length=positions,
+        preprocessor=preprocessor,
+        prompts={n: os.path.join(d, r["prompt"]) for n, d, r in zip(names, dirs, runs)},
+        model_name=model_name,
     )
 
 

@@ -36,6 +36,7 @@ SUBCOMMAND_PROVIDERS = [
     "tf_softprompt.cli:add_builtin_parsers",
     "tf_softprompt.export.cli:add_export_parser",
     "tf_softprompt.serving.client:add_query_parser",
+    "tf_softprompt.peft:add_import_parser",
 ]
 
 STRATEGIES = ("none", "mirrored", "multi-worker", "tpu")

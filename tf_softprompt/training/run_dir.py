@@ -34,6 +34,9 @@ RUN_FILE = "run.json"
 METRICS_FILE = "metrics.json"
 CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"
+# `run.json` "kind" of a causal-LM run (e.g. `tf-softprompt import-peft` of a
+# CAUSAL_LM adapter); classifier runs carry no kind.
+CAUSAL_LM_KIND = "causal_lm"
 
 
 def write_json(path, obj):
@@ -161,6 +164,11 @@ def read_run(out):
     return run
 
 
+def is_causal_lm_run(run):
+    """Whether a `run.json` dict describes a causal-LM run (no head)."""
+    return run.get("kind") == CAUSAL_LM_KIND
+
+
 def load_trained(out, precision="float32"):
     """Rebuild base + prompt + head from a `train` output directory.
 
@@ -178,6 +186,11 @@ def load_trained(out, precision="float32"):
 
     out = os.path.abspath(out)
     run = read_run(out)
+    if is_causal_lm_run(run):
+        raise ValueError(
+            f"{out} is a causal-LM run (kind={CAUSAL_LM_KIND!r}), not a "
+            "classifier; load it with `load_trained_causal_lm`."
+        )
     preprocessor = models.load_preprocessor(run["model_path"], run["sequence_length"])
     with precision_lib.policy(precision):
         model = models.load_classifier(
@@ -194,3 +207,86 @@ def load_trained(out, precision="float32"):
     handle.load_prompt(os.path.join(out, run["prompt"]))
     load_head(os.path.join(out, run["head"]), head_variables(model, handle))
     return TrainedClassifier(model, preprocessor, handle, run)
+
+
+@dataclasses.dataclass
+class TrainedCausalLM:
+    """A prompt-tuned keras-hub `CausalLM` rebuilt from a run directory.
+
+    Attributes:
+        model: the `CausalLM` (base + prompt), with its preprocessor.
+        preprocessor: its `CausalLMPreprocessor` (the run's settings).
+        handle: the `PromptTuning` handle.
+        run: the `run.json` dict.
+    """
+
+    model: object
+    preprocessor: object
+    handle: object
+    run: dict
+
+
+def _without_start_token(preprocessor):
+    """Make a `CausalLMPreprocessor` add no start token, also for generation.
+
+    keras-hub's `generate_preprocess` ignores `add_start_token` and always
+    packs with the packer's `start_value`, so the packer loses it too.
+    """
+    preprocessor.add_start_token = False
+    if not preprocessor.built:
+        preprocessor.build(None)
+    preprocessor.packer.start_value = None
+
+
+def load_causal_lm(run, sequence_length=None):
+    """The run's base `CausalLM` and preprocessor, without a prompt.
+
+    The preprocessor takes the run record's `preprocessor` settings (e.g.
+    `add_start_token`) and cuts texts to `sequence_length` (default the
+    run's).
+    """
+    import keras_hub
+
+    preprocessor = keras_hub.models.CausalLMPreprocessor.from_preset(
+        run["model_path"], sequence_length=sequence_length or run["sequence_length"]
+    )
+    for name, value in (run.get("preprocessor") or {}).items():
+        if name != "add_start_token":
+            raise ValueError(
+                f"run.json has an unknown preprocessor setting {name!r}. "
+                "Known: ['add_start_token']."
+            )
+        if not value:
+            _without_start_token(preprocessor)
+    model = keras_hub.models.CausalLM.from_preset(
+        run["model_path"], preprocessor=preprocessor
+    )
+    return model, preprocessor
+
+
+def load_trained_causal_lm(out):
+    """Rebuild base + prompt of a causal-LM run directory.
+
+    Example:
+    ```python
+    trained = load_trained_causal_lm("runs/from_peft")
+    trained.model.generate("The movie was", max_length=30)
+    ```
+    """
+    from tf_softprompt import hub
+
+    out = os.path.abspath(out)
+    run = read_run(out)
+    if not is_causal_lm_run(run):
+        raise ValueError(
+            f"{out} is a classifier run, not a causal-LM one; load it with "
+            "`load_trained`."
+        )
+    model, preprocessor = load_causal_lm(run)
+    method = run.get("method", "embedding")
+    kwargs = {"offset": run["offset"]} if method != "prefix" else {}
+    handle = hub.enable_prompt_tuning(
+        model, run["prompt_length"], method=method, **kwargs
+    )
+    handle.load_prompt(os.path.join(out, run["prompt"]))
+    return TrainedCausalLM(model, preprocessor, handle, run)
