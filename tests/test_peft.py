@@ -463,6 +463,61 @@ def test_gpt2_run_is_a_causal_lm_run(gpt2):
         run_dir.load_trained(gpt2["run"])
 
 
+def peft_llama_logits(backbone, prompt, token_ids):
+    """`PeftModelForCausalLM.forward` on Llama: no embedding scale, RoPE over
+    positions 0..P+T-1 (each decoder layer numbers the P+T rows from 0)."""
+    batch = token_ids.shape[0]
+    x = np.concatenate(
+        [
+            np.broadcast_to(prompt, (batch, *prompt.shape)),
+            _numpy(backbone.token_embedding(token_ids)),
+        ],
+        axis=1,
+    )
+    mask = np.ones(x.shape[:2], bool)
+    for layer in backbone.transformer_layers:
+        x = layer(x, decoder_padding_mask=mask)
+    logits = _numpy(backbone.token_embedding(backbone.layer_norm(x), reverse=True))
+    return logits[:, prompt.shape[0] :]
+
+
+def _causal_adapter(tmp_path, num_tokens, **fields):
+    rng = np.random.default_rng(7)
+    prompt = rng.normal(0, 1, (num_tokens, 16)).astype(np.float32)
+    config = peft_config(
+        "PROMPT_TUNING", "CAUSAL_LM", num_virtual_tokens=num_tokens, **fields
+    )
+    directory = write_adapter(tmp_path / "lm", config, {"prompt_embeddings": prompt})
+    adapter = peft.read_adapter(directory)
+    peft.check_config(adapter)
+    return adapter, prompt
+
+
+def test_llama_adapter_equals_peft_forward(tmp_path):
+    from tiny_models import V, build_backbone, build_task
+
+    adapter, prompt = _causal_adapter(tmp_path, 3, num_attention_heads=4)
+    lm = build_task("llama", seed=0)
+    handle = peft.apply_adapter(adapter, lm)
+    assert (handle.method.name, handle.offset) == ("embedding", 0)
+    reference = build_backbone("llama", seed=0)  # the same weights, unpatched
+    token_ids = np.random.default_rng(8).integers(1, V, (2, 6)).astype(np.int32)
+    lengths = [6, 3]
+    padding_mask = (np.arange(6)[None] < np.array(lengths)[:, None]).astype(np.int32)
+    logits = _numpy(lm({"token_ids": token_ids, "padding_mask": padding_mask}))
+    for i, n in enumerate(lengths):
+        expected = peft_llama_logits(reference, prompt, token_ids[i : i + 1, :n])
+        np.testing.assert_allclose(logits[i : i + 1, :n], expected, atol=1e-5)
+
+
+def test_gemma_is_refused(tmp_path):
+    from tiny_models import build_task
+
+    adapter, _ = _causal_adapter(tmp_path, 3)
+    with pytest.raises(peft.PeftImportError, match="Gemma is refused.*sqrt"):
+        peft.apply_adapter(adapter, build_task("gemma", seed=0))
+
+
 # --- PREFIX_TUNING layout ---------------------------------------------------
 
 

@@ -37,8 +37,9 @@ gives every row its unpadded result.
 
 Refused with `PeftImportError` (a `ValueError`) naming the field or tensor
 and its value: a `peft_type` other than PROMPT_TUNING / P_TUNING, a
-`task_type` other than SEQ_CLS (BERT) / CAUSAL_LM, `num_transformer_submodules`
-2 (encoder-decoder), `token_dim`, `num_layers` or `num_attention_heads` that
+`task_type` other than SEQ_CLS (BERT) / CAUSAL_LM (GPT-2, Llama; see
+`CAUSAL_LMS` for why not Gemma), `num_transformer_submodules` 2
+(encoder-decoder), `token_dim`, `num_layers` or `num_attention_heads` that
 differ from the base, a missing or extra tensor, a wrong shape, and NaN or
 Inf values.
 
@@ -73,11 +74,14 @@ HEAD_BIAS = "base_model.classifier.bias"
 PROMPT_TYPES = ("PROMPT_TUNING", "P_TUNING")
 PREFIX_TYPE = "PREFIX_TUNING"
 TASK_TYPES = ("SEQ_CLS", "CAUSAL_LM")
-# keras-hub CausalLMs whose HF peers embed `inputs_embeds` like keras-hub
-# embeds token ids (GPT-2: plain sum with learned positions; Llama: RoPE;
-# Gemma: both scale by sqrt(H)), and whether their HF tokenizer adds a start
-# token: GPT-2's does not, so served text gets none either.
-CAUSAL_LMS = {"GPT2CausalLM": False, "LlamaCausalLM": True, "GemmaCausalLM": True}
+# keras-hub CausalLMs whose HF peers treat `inputs_embeds` as keras-hub
+# treats token embeddings (GPT-2: plus learned positions; Llama: RoPE inside
+# attention, no scaling), and whether their HF tokenizer adds a start token
+# (GPT-2's does not, so the served text gets none either). Not Gemma: recent
+# transformers (5.23 read) scale by sqrt(H) inside the token embedding, so
+# PEFT's prompt rows go in unscaled, while keras-hub (and older transformers)
+# scale every row; an adapter does not record which one it was trained with.
+CAUSAL_LMS = {"GPT2CausalLM": False, "LlamaCausalLM": True}
 DEFAULT_SEQUENCE_LENGTH = 128
 
 _FLOAT_DTYPES = {"F16": np.float16, "F32": np.float32, "F64": np.float64}
@@ -442,30 +446,46 @@ def _refuse_prefix(adapter):
 def _load_causal_lm(model_path):
     import keras_hub
 
-    model = keras_hub.models.CausalLM.from_preset(model_path, preprocessor=None)
-    name = type(model).__name__
-    if name not in CAUSAL_LMS:
-        raise PeftImportError(
-            f"CAUSAL_LM adapters import into {sorted(CAUSAL_LMS)}; the base "
-            f"{model_path!r} loads as `{name}`."
-        )
-    return model
+    return keras_hub.models.CausalLM.from_preset(model_path, preprocessor=None)
 
 
 def _load_classifier(adapter, model_path):
-    import keras_hub
-
     from tf_softprompt.training import models
 
-    classes = int(adapter.tensors[HEAD_WEIGHT].shape[0])
-    model = models.load_classifier(model_path, classes)
-    if not isinstance(model, keras_hub.models.BertTextClassifier):
+    return models.load_classifier(
+        model_path, int(adapter.tensors[HEAD_WEIGHT].shape[0])
+    )
+
+
+def check_model(adapter, model):
+    """Refuse a keras-hub model whose forward is not PEFT's peer for the task.
+
+    SEQ_CLS needs a `BertTextClassifier` (pooler -> linear `classifier`, as
+    `BertForSequenceClassification`); CAUSAL_LM one of `CAUSAL_LMS`.
+    """
+    import keras_hub
+
+    name = type(model).__name__
+    if adapter.task_type == "SEQ_CLS":
+        if not isinstance(model, keras_hub.models.BertTextClassifier):
+            raise PeftImportError(
+                "task_type='SEQ_CLS' adapters import into BERT classifiers "
+                "(pooler -> `classifier`, as BertForSequenceClassification); the "
+                f"base model is a `{name}`."
+            )
+    elif name not in CAUSAL_LMS:
+        reason = ""
+        if "Gemma" in name:
+            reason = (
+                " Gemma is refused because recent transformers scale by sqrt(H) "
+                "inside the token embedding, so PEFT's prompt rows go in unscaled, "
+                "while older releases (and keras-hub) scale every row, and an "
+                "adapter does not record which it was trained with."
+            )
         raise PeftImportError(
-            f"SEQ_CLS adapters import into BERT classifiers (pooler -> "
-            f"`classifier`, as BertForSequenceClassification); the base "
-            f"{model_path!r} loads as `{type(model).__name__}`."
+            f"task_type='CAUSAL_LM' adapters import into {sorted(CAUSAL_LMS)}; the "
+            f"base model is a `{name}`." + reason
         )
-    return model
 
 
 def _sequence_length(model, sequence_length, num_tokens):
@@ -542,6 +562,7 @@ def apply_adapter(adapter, model, description=None):
     """
     from tf_softprompt import hub, initializers
 
+    check_model(adapter, model)
     check_base(adapter, model)
     prompt = adapter.tensors[PROMPT_TENSOR]
     initializer = initializers.from_array(
