@@ -35,8 +35,9 @@ from tf_softprompt.training import run_dir
 BERT_TEXTS = ["what a lovely warm film", "cold soup and rude staff", "fine", ""]
 BERT_SEQUENCE, BERT_P, BERT_CLASSES = 12, 4, 3
 CHARS = "abcdefghijklmnopqrstuvwxyz"
-# As in GPT-2: id 0 is "!" (keras-hub's pad id) and <|endoftext|> the last id;
-# keras-hub's sampler reads a pad equal to the end token as "already finished".
+# As in GPT-2: id 0 is "!" (keras-hub's pad id) and <|endoftext|> the last id.
+# With end id == pad id, keras-hub's sampler counts the padding as stop tokens
+# already generated and, when every row is padded, generates nothing.
 GPT2_TOKENS = ["!", *CHARS, *("Ġ" + c for c in CHARS), "Ġ", "Ġt", "Ġth", "Ġthe"]
 GPT2_TOKENS.append("<|endoftext|>")
 GPT2_MERGES = ["Ġ t", "Ġt h", "Ġth e"]
@@ -261,33 +262,53 @@ def bert(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def gpt2(tmp_path_factory):
-    """A GPT-2 CAUSAL_LM adapter: imported and exported by the CLI, served."""
+    """Two GPT-2 CAUSAL_LM adapters (P=3 and P=2): imported and exported by
+    the CLI, alone and together, and served."""
     root = tmp_path_factory.mktemp("peft_gpt2")
     preset = save_tiny_gpt2_preset(root / "base")
     rng = np.random.default_rng(2)
-    prompt = rng.normal(0, 1, (GPT2_P, 16)).astype(np.float32)
-    config = peft_config("PROMPT_TUNING", "CAUSAL_LM", num_virtual_tokens=GPT2_P)
-    adapter = write_adapter(root / "writer", config, {"prompt_embeddings": prompt})
-    run = str(root / "run")
-    argv = ["import-peft", adapter, "--model", preset, "--out", run]
-    _run([*argv, "--sequence-length", str(GPT2_SEQUENCE)])
-    models = root / "models" / "writer"
-    _run(["export", run, "--out", str(models), "--version", "1"])
+    prompts, runs = {}, {}
+    for task, num_tokens in (("writer", GPT2_P), ("poet", 2)):
+        prompts[task] = rng.normal(0, 1, (num_tokens, 16)).astype(np.float32)
+        config = peft_config(
+            "PROMPT_TUNING", "CAUSAL_LM", num_virtual_tokens=num_tokens
+        )
+        adapter = write_adapter(
+            root / task, config, {"prompt_embeddings": prompts[task]}
+        )
+        runs[task] = str(root / f"run_{task}")
+        argv = ["import-peft", adapter, "--model", preset, "--out", runs[task]]
+        _run([*argv, "--sequence-length", str(GPT2_SEQUENCE)])
+    single, multi = root / "models" / "writer", root / "models" / "both"
+    _run(["export", runs["writer"], "--out", str(single), "--version", "1"])
+    _run(
+        ["export", runs["writer"], runs["poet"], "--out", str(multi)]
+        + ["--version", "1"]
+    )
     text = np.array([t.encode() for t in GPT2_TEXTS], dtype=object)
+    mixed = np.array([b"poet", b"writer", b"poet"], dtype=object)
     served = loaders.run_session_loader(
         [
             {
-                "export_dir": str(models / "1"),
+                "export_dir": str(single / "1"),
                 "signature": "serving_default",
                 "inputs": {"text": text},
-            }
+            },
+            {
+                "export_dir": str(multi / "1"),
+                "signature": "serving_default",
+                "inputs": {"text": text, "task": mixed},
+            },
         ]
     )
     return {
         "preset": preset,
-        "prompt": prompt,
-        "run": run,
+        "prompt": prompts["writer"],
+        "prompts": prompts,
+        "run": runs["writer"],
+        "runs": runs,
         "served": served[0],
+        "served_mixed": (mixed, served[1]),
         "reference": keras_hub.models.Backbone.from_preset(preset),
         "tokenizer": keras_hub.models.GPT2Tokenizer.from_preset(preset),
     }
@@ -436,22 +457,54 @@ def test_imported_gpt2_logits_equal_peft_forward(gpt2):
         np.testing.assert_allclose(logits[i : i + 1, :n], expected, atol=1e-5)
 
 
-def test_served_gpt2_text_equals_peft_greedy_generation(gpt2):
-    result = gpt2["served"]
-    assert "outputs" in result, result
+def _peft_texts(gpt2, prompt, texts):
+    """What PEFT generates (greedy) for each text, as the exporter presents it."""
     tokenizer = gpt2["tokenizer"]
     end_id = tokenizer.end_token_id
-    served = [t.decode() for t in result["outputs"]["text"]]
     expected = []
-    for text in GPT2_TEXTS:
+    for text in texts:
         ids = [int(t) for t in _numpy(tokenizer(text))]  # GPT-2 adds no BOS
-        ids = peft_greedy(gpt2["reference"], gpt2["prompt"], ids, GPT2_SEQUENCE, end_id)
+        ids = peft_greedy(gpt2["reference"], prompt, ids, GPT2_SEQUENCE, end_id)
         # The exporter's served text drops the end token and every pad id.
         ids = [t for t in ids if t not in (end_id, tokenizer.pad_token_id)]
-        expected.append(_numpy(tokenizer.detokenize(np.array(ids, np.int32))).item())
-    expected = [e.decode() if isinstance(e, bytes) else e for e in expected]
-    assert served == expected
+        text = _numpy(tokenizer.detokenize(np.array(ids, np.int32))).item()
+        expected.append(text.decode() if isinstance(text, bytes) else text)
+    return expected
+
+
+def _served_texts(result):
+    assert "outputs" in result, result
+    return [t.decode() for t in result["outputs"]["text"]]
+
+
+def test_served_gpt2_text_equals_peft_greedy_generation(gpt2):
+    served = _served_texts(gpt2["served"])
+    assert served == _peft_texts(gpt2, gpt2["prompt"], GPT2_TEXTS)
     assert any(len(s) > len(t) for s, t in zip(served, GPT2_TEXTS))
+
+
+def test_two_gpt2_adapters_serve_from_one_export(gpt2):
+    tasks, result = gpt2["served_mixed"]
+    served = _served_texts(result)
+    for i, task in enumerate(tasks):
+        expected = _peft_texts(
+            gpt2, gpt2["prompts"][task.decode()], GPT2_TEXTS[i : i + 1]
+        )
+        assert served[i] == expected[0], (i, task)
+    # The prompts differ enough to change what is generated.
+    assert _peft_texts(gpt2, gpt2["prompts"]["poet"], GPT2_TEXTS) != _peft_texts(
+        gpt2, gpt2["prompts"]["writer"], GPT2_TEXTS
+    )
+
+
+def test_causal_lm_runs_refuse_ensembles_and_classifier_runs(gpt2, bert, tmp_path):
+    from tf_softprompt.export import cli as export_cli
+
+    runs = list(gpt2["runs"].values())
+    with pytest.raises(ValueError, match="causal-LM runs export as plain tasks"):
+        export_cli.export_runs([], tmp_path / "m", 1, ensembles={"e": runs})
+    with pytest.raises(ValueError, match="is a classifier run and .* a causal-LM run"):
+        export_cli.export_runs([bert["run"], runs[0]], tmp_path / "m", 1)
 
 
 def test_gpt2_run_is_a_causal_lm_run(gpt2):
