@@ -10,6 +10,11 @@ Layout of `tf-softprompt train --out DIR`:
 - `checkpoints/`: the prompt run's `tf.train.CheckpointManager` files.
 - `logs/prompt`, `logs/baseline`: TensorBoard logs.
 
+`tf-softprompt import-peft` writes the same `prompt.npz`, `head.weights.npz`
+and `run.json` (with the adapter's provenance and placement). A causal-LM
+run (`"kind": "causal_lm"`) has no head; `load_trained_causal_lm` rebuilds
+it.
+
 Example:
 ```python
 trained = load_trained("runs/sst2")
