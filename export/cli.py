@@ -252,6 +252,11 @@ def export_runs(
                 "--ensemble averages classifier probabilities; causal-LM runs "
                 "export as plain tasks only."
             )
+        if precision != "float32":
+            raise ValueError(
+                f"precision={precision!r} is for classifier exports; causal-LM "
+                "runs export in float32. Drop --precision."
+            )
         return _export_causal_lm_runs(dirs, runs, out, version, names, model_name)
     run = runs[0]
     if len(dirs) == 1:

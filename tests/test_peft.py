@@ -503,6 +503,8 @@ def test_causal_lm_runs_refuse_ensembles_and_classifier_runs(gpt2, bert, tmp_pat
     runs = list(gpt2["runs"].values())
     with pytest.raises(ValueError, match="causal-LM runs export as plain tasks"):
         export_cli.export_runs([], tmp_path / "m", 1, ensembles={"e": runs})
+    with pytest.raises(ValueError, match="causal-LM runs export in float32"):
+        export_cli.export_runs(runs, tmp_path / "m", 1, precision="mixed_bfloat16")
     with pytest.raises(ValueError, match="is a classifier run and .* a causal-LM run"):
         export_cli.export_runs([bert["run"], runs[0]], tmp_path / "m", 1)
 
