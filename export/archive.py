@@ -224,7 +224,7 @@ def write(
         "format": "tf-softprompt-export/1",
         "compute_dtype": getattr(policy, "compute_dtype", None),
         **info,
-        "signatures": list(SIGNATURES),
+        "signatures": list(signatures),
         "function_aliases": {TPU_ALIAS: "predict_tokens"},
     }
     with layout.publish_version(base_dir, version) as tmp:

@@ -2,7 +2,7 @@
 
 The same layout, prompt table, signatures and safety as the classifier
 exporter (`classifier.export_model`, `archive`), for causal LMs with prompt
-tuning from `tf_softprompt.hub` (every method):
+tuning from `tf_softprompt.hub` (every method, prefix included):
 
 - `serving_default(text: string[B] [, task: string[B]])` -> `text`
   string `[B]`: the input text followed by its continuation (as
@@ -10,7 +10,11 @@ tuning from `tf_softprompt.hub` (every method):
 - `predict_tokens(token_ids: int32[B, T], padding_mask: int32[B, T]
   [, task_id: int32[B]])` -> `token_ids`, `padding_mask` int32 `[B, T]`:
   the generation loop on ids only (static T, no string ops), also saved
-  under the function alias `tpu_func`.
+  under the function alias `tpu_func`. Positions after the end of each
+  row's generation (padding_mask 0) hold the pad id.
+- `score_tokens(token_ids, padding_mask [, task_id])` -> `logits` float32
+  `[B, T, V]`: the prompted model's next-token logits at every position
+  (what `CausalLM.score` returns), numbers only.
 
 T holds the input text and the generated tokens: `sequence_length - Pmax`
 positions for prompts that take positions (forms 1 and 2), all
@@ -19,6 +23,13 @@ prompt never is), and generation stops at the end token or when the T
 positions are full. Decoding uses the sampler passed to `export_causal_lm`
 (greedy by default, so a served answer is reproducible); no function is
 XLA-compiled.
+
+Baked prompts (`bake=True`, the default): where the prompt's keys and
+values are the same for every request (forms 1 and 2 at offset 0, and a
+prefix; `export.baking`), they are computed at export and the served graph
+runs the text alone, so prefill cost does not grow with the prompt except
+in attention. The served outputs equal the unbaked export's. The export
+info's `prompt_baking` says whether the prompts were baked and, if not, why.
 
 Example:
 ```python
@@ -33,20 +44,39 @@ import os
 import tensorflow as tf
 
 from tf_softprompt import hub
-from tf_softprompt.export import archive, hub_models, layout
+from tf_softprompt.export import archive, baking, hub_models, layout
 
 OUTPUT_TEXT = "text"
+OUTPUT_LOGITS = "logits"
+SCORE_SIGNATURE = "score_tokens"
 
 
 class GenerationStages:
-    """Named stages: encode, select prompts, generate (`run`), decode."""
+    """Named stages: encode, select prompts, generate (`run`), decode.
 
-    def __init__(self, handle, table, preprocessor, length):
+    Args:
+        model: the CausalLM.
+        handle: its `PromptTuning` handle, or `None` (no prompt).
+        table: the `MultiTaskPromptTable`, or `None`.
+        preprocessor: the `CausalLMPreprocessor`.
+        length: int T, the text positions.
+        plan: the `baking.BakePlan`; when baked, `keys_values` holds its
+            table as a tracked weight.
+        keys_values: a `baking.BakedKeysValues`, when baked.
+    """
+
+    def __init__(
+        self, model, handle, table, preprocessor, length, plan=None, keys_values=None
+    ):
+        self.model = model
         self.handle = handle
         self.table = table
         self.preprocessor = preprocessor
         self.tokenizer = preprocessor.tokenizer
         self.length = length
+        self.plan = plan
+        self.keys_values = keys_values
+        self.pad_id = getattr(self.tokenizer, "pad_token_id", None) or 0
 
     def encode(self, text):
         features = self.preprocessor.generate_preprocess(
@@ -55,29 +85,95 @@ class GenerationStages:
         token_ids = tf.cast(features["token_ids"], tf.int32)
         return token_ids, tf.cast(features["padding_mask"], tf.bool)
 
+    def prompt_arguments(self, task_index):
+        """The handle's keyword arguments for each example's prompt."""
+        if self.table is None:
+            return {}
+        if archive.is_multi_task(self.table):
+            prompt_ids, prompt_mask = self.table.prompt_ids(task_index)
+        else:
+            # One task: every example reads the whole table, no gather.
+            prompt_ids = prompt_mask = None
+        kwargs = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask}
+        if self.plan is not None and self.plan.baked:
+            offsets = tf.constant(self.plan.position_offsets, tf.int32)
+            kwargs["keys_values"] = self.keys_values.values()
+            kwargs["position_offsets"] = tf.gather(offsets, task_index)
+        return kwargs
+
     def run(self, token_ids, padding_mask, task_index):
-        prompt_ids, prompt_mask = self.table.prompt_ids(task_index)
-        outputs = self.handle.generate_step(
-            {"token_ids": token_ids, "padding_mask": padding_mask},
-            stop_token_ids=[self.tokenizer.end_token_id],
-            prompt_ids=prompt_ids,
-            prompt_mask=prompt_mask,
-        )
+        inputs = {"token_ids": token_ids, "padding_mask": padding_mask}
+        stop = [self.tokenizer.end_token_id]
+        if self.handle is None:
+            outputs = self.model.generate_step(inputs, stop_token_ids=stop)
+        else:
+            outputs = self.handle.generate_step(
+                inputs, stop_token_ids=stop, **self.prompt_arguments(task_index)
+            )
+        keep = tf.cast(outputs["padding_mask"], tf.bool)
+        token_ids = tf.cast(outputs["token_ids"], tf.int32)
         return {
-            "token_ids": tf.cast(outputs["token_ids"], tf.int32),
-            "padding_mask": tf.cast(outputs["padding_mask"], tf.int32),
+            # What follows a row's end token depends on how long the batch
+            # ran; the pad id makes the output the row's alone.
+            "token_ids": tf.where(keep, token_ids, self.pad_id),
+            "padding_mask": tf.cast(keep, tf.int32),
         }
+
+    def score(self, token_ids, padding_mask, task_index):
+        inputs = {"token_ids": token_ids, "padding_mask": padding_mask}
+        if self.handle is None:
+            logits = self.model(inputs, training=False)
+        else:
+            logits = self.handle.call(
+                inputs, training=False, **self.prompt_arguments(task_index)
+            )
+        return {OUTPUT_LOGITS: tf.cast(logits, tf.float32)}
 
     def present(self, outputs, task_index):
         """Drop padding and special tokens, detokenise: string `[B]`."""
-        token_ids = outputs["token_ids"]
-        keep = tf.cast(outputs["padding_mask"], tf.bool)
-        for name in ("start_token_id", "end_token_id", "pad_token_id"):
-            special = getattr(self.tokenizer, name, None)
-            if special is not None:
-                keep &= token_ids != special
-        text = self.tokenizer.detokenize(tf.ragged.boolean_mask(token_ids, keep))
+        text = detokenize_generated(
+            self.tokenizer, outputs["token_ids"], outputs["padding_mask"]
+        )
         return {OUTPUT_TEXT: text}
+
+
+def detokenize_generated(tokenizer, token_ids, padding_mask):
+    """Generated ids to text, as keras-hub's `generate_postprocess` does.
+
+    Positions outside `padding_mask` and the tokenizer's special tokens are
+    dropped; an ordinary token that shares the pad id (GPT-2 pads with 0,
+    which is "!") is kept.
+
+    Args:
+        tokenizer: a keras-hub tokenizer.
+        token_ids: int `[B, L]`.
+        padding_mask: `[B, L]`, true where a token is part of the output.
+
+    Returns:
+        string `[B]`.
+
+    Example:
+    >>> text = detokenize_generated(lm.preprocessor.tokenizer, ids, mask)
+    """
+    keep = tf.cast(padding_mask, tf.bool)
+    special_ids = getattr(tokenizer, "special_token_ids", None)
+    if special_ids is None:
+        names = ("start_token_id", "end_token_id")
+        special_ids = [getattr(tokenizer, n) for n in names if hasattr(tokenizer, n)]
+    for special in special_ids:
+        keep &= token_ids != special
+    return tokenizer.detokenize(tf.ragged.boolean_mask(token_ids, keep))
+
+
+class _ScoreStages:
+    """`GenerationStages` with `score` as the model stage, so `archive.
+    endpoints` builds `score_tokens` with the same inputs and task checks
+    as `predict_tokens`."""
+
+    def __init__(self, stages):
+        self.encode = stages.encode
+        self.run = stages.score
+        self.present = stages.present
 
 
 def export_causal_lm(
@@ -91,6 +187,7 @@ def export_causal_lm(
     task="default",
     offset=None,
     sampler="greedy",
+    bake=True,
     model_name=None,
     warmup_texts=("a warmup request", ""),
 ):
@@ -104,16 +201,29 @@ def export_causal_lm(
         version: positive int; `BASE/<version>` must not exist.
         sequence_length: int L, prompt slots + text + generated tokens.
         preprocessor: a `CausalLMPreprocessor`; default `model.preprocessor`.
-        prompts: `None` (the model's own prompt as task `task`), or prompt
-            artifacts (list of paths or `{task: path}`) for this base.
+        prompts: `None` (the model's own prompt as task `task`), prompt
+            artifacts (list of paths or `{task: path}`) for this base, or an
+            empty list to export the base model without any prompt (e.g. as
+            a baseline; prompt tuning must then not be enabled).
         task: the task name of the model's own prompt.
         offset: override the prompts' offset (forms 1 and 2).
         sampler: a keras-hub sampler or its name, used while exporting.
+        bake: bool, bake the prompts' keys and values where it applies
+            (forms 1 and 2 at offset 0, prefix); False serves the prompt
+            positions on every request. The info's `prompt_baking` says
+            what was done and why.
         model_name: the name in warmup requests (default: the base dir name).
         warmup_texts: texts for the warmup requests.
 
     Returns:
         The path of the new version directory.
+
+    Example:
+    ```python
+    export_causal_lm(lm, "models/writer", 1, sequence_length=64)
+    export_causal_lm(lm, "models/writer", 2, sequence_length=64, bake=False)
+    info = read_info("models/writer/1")["prompt_baking"]  # {"baked": True, ...}
+    ```
     """
     import keras_hub
 
@@ -126,10 +236,13 @@ def export_causal_lm(
             f"CausalLMPreprocessor. Received: model={type(model).__name__}, "
             f"preprocessor={type(preprocessor).__name__}."
         )
-    handle, table = hub_models.prompt_table(model, prompts, task, offset)
-    if prompts is not None:
-        handle = hub_models.fit(model, handle, table)
-    reserved = table.max_length if table.takes_positions else 0
+    if prompts is not None and len(prompts) == 0:
+        handle, table = _no_prompt(model)
+    else:
+        handle, table = hub_models.prompt_table(model, prompts, task, offset)
+        if prompts is not None:
+            handle = hub_models.fit(model, handle, table)
+    reserved = table.max_length if table is not None and table.takes_positions else 0
     length = int(sequence_length) - reserved
     if length < 2:
         raise ValueError(
@@ -137,9 +250,23 @@ def export_causal_lm(
             f"the {reserved} prompt positions; at least 2 are needed "
             "(a start token and one generated token)."
         )
-    stages = GenerationStages(handle, table, preprocessor, length)
+    plan, keys_values = None, None
+    if table is not None:
+        plan = baking.bake_plan(model, handle, table, bake=bake)
+        baking.check_positions(handle, plan, length)
+        if plan.baked:
+            keys_values = baking.BakedKeysValues(plan.table.table)
+    stages = GenerationStages(
+        model, handle, table, preprocessor, length, plan, keys_values
+    )
     warmup = archive.warmup_inputs(stages.encode, warmup_texts, table)
     signatures = archive.endpoints(stages, length, table)
+    score, score_signature = archive.endpoints(_ScoreStages(stages), length, table)[
+        "predict_tokens"
+    ]
+    score.__name__ = SCORE_SIGNATURE  # a fresh closure: names its traced function
+    signatures[SCORE_SIGNATURE] = (score, score_signature)
+    warmup[SCORE_SIGNATURE] = warmup["predict_tokens"]
     info = {
         "kind": "causal_lm",
         **archive.table_info(table),
@@ -148,18 +275,23 @@ def export_causal_lm(
         "outputs": {
             "serving_default": [OUTPUT_TEXT],
             "predict_tokens": ["token_ids", "padding_mask"],
+            SCORE_SIGNATURE: [OUTPUT_LOGITS],
         },
+        "prompt_baking": plan.info
+        if plan is not None
+        else {"baked": False, "reason": "no prompt"},
         "truncation": (
             "input text keeps its first text_positions - 1 tokens after the "
             "start token; generation fills the rest; the prompt is never "
             "truncated"
         ),
     }
+    tracked = [model, preprocessor] + ([keys_values] if keys_values is not None else [])
     previous = model.sampler
     model.sampler = keras_hub.samplers.get(sampler)
     try:
         return archive.write(
-            [model, preprocessor],
+            tracked,
             base_dir,
             version,
             signatures,
@@ -169,3 +301,13 @@ def export_causal_lm(
         )
     finally:
         model.sampler = previous
+
+
+def _no_prompt(model):
+    if hub.get_prompt_tuning(model) is not None:
+        raise ValueError(
+            "prompts=[] exports the base model without a prompt, but this model "
+            "has prompt tuning enabled. Export a model without prompt tuning, "
+            "or pass prompts=None to export its prompt."
+        )
+    return None, None

@@ -26,6 +26,7 @@ import keras_hub
 import numpy as np
 import pytest
 import safetensors.numpy
+import tensorflow as tf
 from tiny_models import save_tiny_bert_preset
 
 from tf_softprompt import cli, peft
@@ -465,8 +466,9 @@ def _peft_texts(gpt2, prompt, texts):
     for text in texts:
         ids = [int(t) for t in _numpy(tokenizer(text))]  # GPT-2 adds no BOS
         ids = peft_greedy(gpt2["reference"], prompt, ids, GPT2_SEQUENCE, end_id)
-        # The exporter's served text drops the end token and every pad id.
-        ids = [t for t in ids if t not in (end_id, tokenizer.pad_token_id)]
+        # HF's decode(skip_special_tokens=True) drops the end token only;
+        # "!" (id 0, keras-hub's pad id) is ordinary text.
+        ids = [t for t in ids if t != end_id]
         text = _numpy(tokenizer.detokenize(np.array(ids, np.int32))).item()
         expected.append(text.decode() if isinstance(text, bytes) else text)
     return expected
@@ -640,7 +642,8 @@ REFUSALS = {
     ),
     "prefix": (
         _mutated({"peft_type": "PREFIX_TUNING"}),
-        r"PREFIX_TUNING' is not importable yet.*text position offset",
+        r"peft_type='PREFIX_TUNING' with task_type='SEQ_CLS' is not supported.*"
+        r"does not support past key values",
     ),
     "seq2seq": (
         _mutated({"task_type": "SEQ_2_SEQ_LM"}),
@@ -757,3 +760,139 @@ def test_refusals_through_the_cli_and_other_inputs(bert, tmp_path, capsys):
         peft.read_adapter(torch_only)
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
         peft.read_adapter(tmp_path / "nowhere")
+
+
+# --- PREFIX_TUNING (CAUSAL_LM) ------------------------------------------------
+
+
+def peft_prefix_logits(task, prompt_embeddings, token_ids, heads, head_dim):
+    """`PeftModelForCausalLM.forward` with a prefix: PEFT's `get_prompt`
+    cache (`peft_prefix_cache`) as past keys/values, the text after it at
+    positions P..P+T-1, run by keras-hub's own cached forward."""
+    num_tokens = prompt_embeddings.shape[0]
+    layers = peft_prefix_cache(
+        prompt_embeddings, len(task.backbone.transformer_layers), heads, head_dim
+    )
+    batch, length = token_ids.shape
+    cache = np.zeros(
+        (batch, len(layers), 2, num_tokens + length, heads, head_dim), np.float32
+    )
+    for i, (key, value) in enumerate(layers):
+        cache[:, i, 0, :num_tokens] = key.transpose(1, 0, 2)
+        cache[:, i, 1, :num_tokens] = value.transpose(1, 0, 2)
+    logits, _, _ = task.call_with_cache(
+        tf.constant(token_ids), tf.constant(cache), num_tokens
+    )
+    return _numpy(logits)
+
+
+def _prefix_adapter(directory, num_layers, heads, head_dim, seed, **fields):
+    rng = np.random.default_rng(seed)
+    prompt = rng.normal(0, 1, (GPT2_P, num_layers * 2 * heads * head_dim))
+    prompt = prompt.astype(np.float32)
+    config = peft_config(
+        "PREFIX_TUNING",
+        "CAUSAL_LM",
+        num_virtual_tokens=GPT2_P,
+        num_layers=num_layers,
+        num_attention_heads=heads,
+        token_dim=heads * head_dim,
+        **fields,
+    )
+    return write_adapter(directory, config, {"prompt_embeddings": prompt}), prompt
+
+
+@pytest.fixture(scope="module")
+def gpt2_prefix(gpt2, tmp_path_factory):
+    """A GPT-2 PREFIX_TUNING adapter imported and exported by the CLI, and
+    served through the session loader."""
+    root = tmp_path_factory.mktemp("peft_prefix")
+    adapter, prompt = _prefix_adapter(root / "prefix", 2, 2, 8, seed=9)
+    run = str(root / "run")
+    argv = ["import-peft", adapter, "--model", gpt2["preset"], "--out", run]
+    _run([*argv, "--sequence-length", str(GPT2_SEQUENCE)])
+    models = root / "models"
+    _run(["export", run, "--out", str(models), "--version", "1"])
+    text = np.array([t.encode() for t in GPT2_TEXTS], dtype=object)
+    (served,) = loaders.run_session_loader(
+        [
+            {
+                "export_dir": str(models / "1"),
+                "signature": "serving_default",
+                "inputs": {"text": text},
+            }
+        ]
+    )
+    reference = keras_hub.models.GPT2CausalLM(
+        backbone=gpt2["reference"], preprocessor=None
+    )
+    return {"run": run, "prompt": prompt, "served": served, "reference": reference}
+
+
+def test_imported_gpt2_prefix_equals_peft_forward(gpt2_prefix):
+    trained = run_dir.load_trained_causal_lm(gpt2_prefix["run"])
+    assert trained.handle.method.name == "past_prefix"
+    token_ids = np.random.default_rng(10).integers(1, 40, (2, 6)).astype(np.int32)
+    logits = _numpy(
+        trained.model({"token_ids": token_ids, "padding_mask": np.ones_like(token_ids)})
+    )
+    expected = peft_prefix_logits(
+        gpt2_prefix["reference"], gpt2_prefix["prompt"], token_ids, 2, 8
+    )
+    np.testing.assert_allclose(logits, expected, atol=1e-5)
+    placement = run_dir.read_run(gpt2_prefix["run"])["placement"]
+    assert placement["method"] == "past_prefix"
+    assert placement["text_positions_start"] == GPT2_P
+
+
+def test_served_gpt2_prefix_text_equals_peft_greedy_generation(gpt2_prefix):
+    tokenizer = keras_hub.models.GPT2Tokenizer(
+        vocabulary={t: i for i, t in enumerate(GPT2_TOKENS)}, merges=GPT2_MERGES
+    )
+    end_id = tokenizer.end_token_id
+    expected = []
+    for text in GPT2_TEXTS:
+        ids = [int(t) for t in _numpy(tokenizer(text))]
+        while len(ids) < GPT2_SEQUENCE:
+            logits = peft_prefix_logits(
+                gpt2_prefix["reference"],
+                gpt2_prefix["prompt"],
+                np.array([ids], np.int32),
+                2,
+                8,
+            )
+            ids.append(int(np.argmax(logits[0, -1])))
+            if ids[-1] == end_id:
+                break
+        ids = [t for t in ids if t != end_id]
+        expected.append(_numpy(tokenizer.detokenize(np.array(ids, np.int32))).item())
+    expected = [t.decode() if isinstance(t, bytes) else t for t in expected]
+    served = _served_texts(gpt2_prefix["served"])
+    assert served == expected
+    assert any(len(s) > len(t) for s, t in zip(served, GPT2_TEXTS))
+
+
+def test_llama_prefix_adapter_with_grouped_kv_equals_peft_forward(tmp_path):
+    from tiny_models import V, build_backbone, build_task
+
+    # PEFT records a grouped-query model's kv heads and kv width.
+    directory, prompt = _prefix_adapter(tmp_path / "llama", 2, 2, 4, seed=11)
+    adapter = peft.read_adapter(directory)
+    peft.check_config(adapter)
+    lm = build_task("llama", seed=0)  # 4 query heads, 2 kv heads, head_dim 4
+    handle = peft.apply_adapter(adapter, lm)
+    assert handle.method.name == "past_prefix"
+    reference = keras_hub.models.LlamaCausalLM(
+        backbone=build_backbone("llama", seed=0), preprocessor=None
+    )
+    token_ids = np.random.default_rng(12).integers(1, V, (2, 5)).astype(np.int32)
+    logits = _numpy(
+        lm({"token_ids": token_ids, "padding_mask": np.ones_like(token_ids)})
+    )
+    expected = peft_prefix_logits(reference, prompt, token_ids, 2, 4)
+    np.testing.assert_allclose(logits, expected, atol=1e-5)
+    # Query heads recorded instead of kv heads, with the same kv width.
+    wrong, _ = _prefix_adapter(tmp_path / "wrong", 2, 4, 2, seed=11)
+    adapter = peft.read_adapter(wrong)
+    with pytest.raises(peft.PeftImportError, match="num_attention_heads=4.*=2"):
+        peft.apply_adapter(adapter, build_task("llama", seed=0))

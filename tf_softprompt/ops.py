@@ -566,3 +566,28 @@ def prefix_attention_inputs(
         prefix_value,
         query_length=query_length,
     )
+
+
+def offset_positions(offsets, start_index, length):
+    """`[B, N]` positions of `N` steps from `start_index`, shifted per example.
+
+    Row `b` holds `offsets[b] + start_index + 0 .. N - 1`: the positions a
+    sequence has when something of `offsets[b]` positions precedes it that is
+    not in the sequence itself (keys and values already computed for a
+    prompt, or a prefix that takes positions).
+
+    Args:
+        offsets: int `[B]`, each example's first position.
+        start_index: int scalar (e.g. a cache index during decoding).
+        length: int scalar N.
+
+    Returns:
+        int32 `[B, N]`.
+
+    Example:
+    >>> offset_positions(tf.constant([0, 3]), 1, 2).numpy().tolist()
+    [[1, 2], [4, 5]]
+    """
+    offsets = tf.cast(offsets, tf.int32)
+    steps = tf.cast(start_index, tf.int32) + tf.range(length, dtype=tf.int32)
+    return offsets[:, None] + steps[None, :]

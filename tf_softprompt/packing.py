@@ -162,6 +162,7 @@ def extend_inputs(inputs, prompt_ids=None, prompt_mask=None, offset=0):
         mask_dtype = padding_mask.dtype
         mask = tf.cast(padding_mask, tf.bool)
     if prompt_ids is None:
+        # `token_ids[:, :0]` has an unknown width when T is unknown.
         prompt_ids = tf.zeros(tf.stack([tf.shape(token_ids)[0], 0]), token_ids.dtype)
         prompt_ids.set_shape([token_ids.shape[0], 0])
     prompt_ids = tf.cast(tf.convert_to_tensor(prompt_ids), token_ids.dtype)

@@ -24,11 +24,14 @@ and `PeftModelForCausalLM.forward`):
   so a P-tuning adapter imports as a plain prompt with exactly PEFT's
   inference outputs. A saved state that still holds encoder weights is
   refused.
-- **PREFIX_TUNING**: `prompt_embeddings` `[P, L * 2 * token_dim]`; row block
-  `2i` of layer i is its keys and `2i + 1` its values, head-major
-  (`prefix_values`). PEFT also moves the text to positions `P..P+T-1`,
-  which `method="prefix"` does not do (its text keeps `0..T-1`), so these
-  adapters are refused until a text position offset exists.
+- **PREFIX_TUNING** (CAUSAL_LM): `prompt_embeddings` `[P, L * 2 *
+  token_dim]` (the collapsed output when `prefix_projection` was on); row
+  block `2i` of layer i is its keys and `2i + 1` its values, head-major
+  (`prefix_values`). PEFT passes them as `past_key_values`, so the text runs
+  at positions `P..P+T-1` after them: `method="past_prefix"`, which the
+  import records. PEFT's prefix tuning fails on BERT classifiers ("Model
+  does not support past key values"), so a SEQ_CLS prefix adapter is
+  refused.
 
 Outputs equal PEFT's for right-padded batches (what tokenizers and the
 exporter produce). PEFT's positions are a plain `arange` that ignores
@@ -36,7 +39,8 @@ padding, so PEFT itself gives other results for left-padded rows; ours
 gives every row its unpadded result.
 
 Refused with `PeftImportError` (a `ValueError`) naming the field or tensor
-and its value: a `peft_type` other than PROMPT_TUNING / P_TUNING, a
+and its value: a `peft_type` other than PROMPT_TUNING / P_TUNING /
+PREFIX_TUNING (CAUSAL_LM only), a
 `task_type` other than SEQ_CLS (BERT) / CAUSAL_LM (GPT-2, Llama; see
 `CAUSAL_LMS` for why not Gemma), `num_transformer_submodules` 2
 (encoder-decoder), `token_dim`, `num_layers` or `num_attention_heads` that
@@ -246,9 +250,7 @@ def check_config(adapter):
     """
     config = adapter.config
     peft_type = config.get("peft_type")
-    if peft_type == PREFIX_TYPE:
-        pass  # checked below, refused in `import_peft` (see `prefix_values`)
-    elif peft_type not in PROMPT_TYPES:
+    if peft_type not in (*PROMPT_TYPES, PREFIX_TYPE):
         hint = ""
         if isinstance(peft_type, str) and "LORA" in peft_type.upper():
             hint = (
@@ -259,7 +261,8 @@ def check_config(adapter):
         raise _error(
             adapter.path,
             f"peft_type={peft_type!r} is not supported. Supported: "
-            f"{', '.join(PROMPT_TYPES)} (soft prompts in the input embeddings)." + hint,
+            f"{', '.join(PROMPT_TYPES)} (soft prompts in the input embeddings) "
+            f"and {PREFIX_TYPE} (CAUSAL_LM)." + hint,
         )
     task_type = config.get("task_type")
     if task_type not in TASK_TYPES:
@@ -267,6 +270,15 @@ def check_config(adapter):
             adapter.path,
             f"task_type={task_type!r} is not supported. Supported: SEQ_CLS "
             "(a BERT classifier) and CAUSAL_LM.",
+        )
+    if peft_type == PREFIX_TYPE and task_type != "CAUSAL_LM":
+        raise _error(
+            adapter.path,
+            f"peft_type={PREFIX_TYPE!r} with task_type={task_type!r} is not "
+            "supported: PEFT's prefix tuning runs only on models that take past "
+            "key values (it fails on BertForSequenceClassification with 'Model "
+            "does not support past key values'), so only CAUSAL_LM prefix "
+            "adapters are imported.",
         )
     submodules = config.get("num_transformer_submodules")
     if submodules is None:
@@ -357,6 +369,10 @@ def check_base(adapter, model):
         "num_layers": len(hub.transformer_layers(backbone)),
         "num_attention_heads": config.get("num_heads", config.get("num_query_heads")),
     }
+    if adapter.peft_type == PREFIX_TYPE:
+        # PEFT records a grouped-query model's key/value width and heads.
+        heads, head_dim = _key_value_dims(backbone)
+        base.update(token_dim=heads * head_dim, num_attention_heads=heads)
     name = type(backbone).__name__
     for field, value in base.items():
         recorded = adapter.config.get(field)
@@ -369,6 +385,9 @@ def check_base(adapter, model):
                 f"{adapter.config.get('base_model_name_or_path')!r}); pass that "
                 "model as --model.",
             )
+    if adapter.peft_type == PREFIX_TYPE:
+        prefix_values(adapter, base["num_layers"], heads, head_dim)  # shape check
+        return
     prompt = adapter.tensors[PROMPT_TENSOR]
     expected = (int(adapter.num_virtual_tokens), hidden)
     if prompt.shape != expected:
@@ -378,6 +397,15 @@ def check_base(adapter, model):
             f"num_virtual_tokens={adapter.num_virtual_tokens} and the base's "
             f"hidden size {hidden} need {list(expected)}.",
         )
+
+
+def _key_value_dims(backbone):
+    """`(kv_heads, head_dim)` of the base's self-attention layers."""
+    from tf_softprompt import hub, methods
+
+    prefix = methods.get("past_prefix")
+    shape = prefix.prompt_shape(hub.adapter.model_dims(backbone, prefix), 1)
+    return shape[3], shape[4]
 
 
 def classifier_head(adapter, hidden_dim):
@@ -428,19 +456,6 @@ def prefix_values(adapter, num_layers, num_heads, head_dim):
         )
     values = prompt.reshape(num_tokens, num_layers, 2, num_heads, head_dim)
     return np.ascontiguousarray(values.transpose(1, 2, 0, 3, 4))
-
-
-def _refuse_prefix(adapter):
-    raise _error(
-        adapter.path,
-        "peft_type='PREFIX_TUNING' is not importable yet. The adapter's keys "
-        "and values convert exactly (`tf_softprompt.peft.prefix_values`), but "
-        "PEFT also runs the text at positions P..P+T-1 (after the prefix's P "
-        "cache slots), while tf-softprompt's method='prefix' keeps the text at "
-        "0..T-1 and has no text position offset yet, so outputs would differ "
-        "(GPT-2 and BERT: learned positions; Llama: RoPE). Supported: "
-        f"{', '.join(PROMPT_TYPES)}.",
-    )
 
 
 def _load_causal_lm(model_path):
@@ -528,7 +543,17 @@ def _source(adapter):
     }
 
 
-def _placement(task_type, num_tokens):
+def _placement(peft_type, task_type, num_tokens):
+    if peft_type == PREFIX_TYPE:
+        return {
+            "method": "past_prefix",
+            "prefix_positions": [0, num_tokens - 1],
+            "text_positions_start": num_tokens,
+            "follows": (
+                "PEFT: prompt_embeddings viewed as per-layer past_key_values "
+                "(keys block 2i, values 2i+1), text at positions P..P+T-1"
+            ),
+        }
     placement = {
         "method": "embedding",
         "offset": 0,
@@ -548,12 +573,13 @@ def _placement(task_type, num_tokens):
 def apply_adapter(adapter, model, description=None):
     """Enable prompt tuning on `model` with the adapter's prompt (and head).
 
-    The prompt goes at offset 0 with `method="embedding"`, PEFT's layout;
-    a SEQ_CLS adapter's head is copied (transposed) into the classifier's
+    PEFT's layout: a prompt goes at offset 0 with `method="embedding"`, a
+    prefix is a `method="past_prefix"` (the text after its P positions); a
+    SEQ_CLS adapter's head is copied (transposed) into the classifier's
     `output_dense`.
 
     Args:
-        adapter: a checked PROMPT_TUNING or P_TUNING `PeftAdapter`.
+        adapter: a checked `PeftAdapter` (`check_config`).
         model: the keras-hub `BertTextClassifier` (SEQ_CLS) or `CausalLM`.
         description: the artifact's initializer string.
 
@@ -565,6 +591,12 @@ def apply_adapter(adapter, model, description=None):
     check_model(adapter, model)
     check_base(adapter, model)
     prompt = adapter.tensors[PROMPT_TENSOR]
+    method, offset = "embedding", 0
+    if adapter.peft_type == PREFIX_TYPE:
+        heads, head_dim = _key_value_dims(model.backbone)
+        num_layers = len(hub.transformer_layers(model.backbone))
+        prompt = prefix_values(adapter, num_layers, heads, head_dim)
+        method, offset = "past_prefix", None
     initializer = initializers.from_array(
         prompt,
         description=description
@@ -577,8 +609,8 @@ def apply_adapter(adapter, model, description=None):
     handle = hub.enable_prompt_tuning(
         model,
         int(adapter.num_virtual_tokens),
-        method="embedding",
-        offset=0,
+        method=method,
+        offset=offset,
         initializer=initializer,
     )
     if head is not None:
@@ -648,8 +680,6 @@ def import_peft(
 
     adapter = read_adapter(adapter_dir)
     peft_type, task_type, num_tokens = check_config(adapter)
-    if peft_type == PREFIX_TYPE:
-        _refuse_prefix(adapter)
     model_path = models.resolve_model(model)
     out_path = os.path.abspath(os.fspath(out))
     _check_new_directory(out_path)  # before the (slow) model load
@@ -689,7 +719,7 @@ def import_peft(
         "data": f"peft:{adapter.path}",
         "precision": "float32",
         "source": _source(adapter),
-        "placement": _placement(task_type, num_tokens),
+        "placement": _placement(peft_type, task_type, num_tokens),
     }
     if task_type == "SEQ_CLS":
         head = run_dir.head_variables(keras_model, handle)
@@ -730,12 +760,14 @@ def add_import_parser(subparsers):
     """Register `import-peft` on the `tf-softprompt` subparsers."""
     parser = subparsers.add_parser(
         "import-peft",
-        help="convert a Hugging Face PEFT prompt adapter into a run directory",
+        help="convert a PEFT prompt or prefix adapter into a run directory",
         description=(
-            "Read a PEFT PROMPT_TUNING or P_TUNING adapter (adapter_config.json, "
-            "adapter_model.safetensors; SEQ_CLS on BERT or CAUSAL_LM) without "
-            "PyTorch, and write a run directory with PEFT's exact layout (prompt "
-            "before [CLS]/BOS, offset 0) that `tf-softprompt export` serves."
+            "Read a PEFT PROMPT_TUNING or P_TUNING adapter (SEQ_CLS on BERT, or "
+            "CAUSAL_LM) or a PREFIX_TUNING adapter (CAUSAL_LM) from its "
+            "adapter_config.json and adapter_model.safetensors, without PyTorch, "
+            "and write a run directory with PEFT's exact layout (a prompt before "
+            "[CLS]/BOS at offset 0; a prefix as past keys/values, the text at "
+            "positions P..) that `tf-softprompt export` serves."
         ),
     )
     parser.add_argument("adapter_dir", metavar="ADAPTER_DIR")

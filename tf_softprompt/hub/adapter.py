@@ -20,7 +20,12 @@ code:
   tensors: Keras' `MultiHeadAttention` (BERT; GPT-2's
   `CachedMultiHeadAttention`), `LlamaAttention` (which has already repeated
   its kv heads) and `GemmaAttention` (grouped, with an optional sliding
-  window applied to the mask it receives).
+  window applied to the mask it receives);
+- for position offsets (the text's positions start after keys and values
+  that are not in the sequence: a baked prompt), the backbone's keras-hub
+  `PositionEmbedding` (`backbone.position_embedding`, GPT2, BERT) and every
+  keras-hub `RotaryEmbedding` inside it (Llama's `rotary_embedding_layer`,
+  Gemma's `rope_layer`), which all accept `positions=`.
 
 `install(handle)` patches these on the instances it is given, routing each
 to the handle, which computes with the handle's `InjectionMethod`.
@@ -131,6 +136,15 @@ def check_structure(model, backbone, method):
             )
     if method.attends:
         attention_layers(backbone, model)
+        no_positions = absolute_position_embedding(backbone) is None
+        if method.adds_positions and no_positions and not rotary_embeddings(backbone):
+            raise unsupported(
+                model,
+                f"method={method.name!r} starts the text after the prefix's "
+                "positions, but the backbone has neither a keras-hub "
+                "PositionEmbedding nor RotaryEmbedding to shift. Use "
+                "method='prefix'.",
+            )
 
 
 def default_offset(backbone):
@@ -281,9 +295,7 @@ def capture_keys_values(backbone, token_ids):
     """The keys and values `token_ids` produce in each self-attention layer.
 
     Runs the (unprompted) backbone once on one sequence of the given ids,
-    all valid, segment 0, and records each attention layer's projected keys
-    and values as `_compute_attention` receives them (after RoPE; Llama's
-    repeated kv heads reduced back to the kv heads).
+    all valid, segment 0 (see `record_keys_values`).
 
     Args:
         backbone: a keras-hub backbone, not yet prompt-tuned.
@@ -292,13 +304,32 @@ def capture_keys_values(backbone, token_ids):
     Returns:
         float32 array `[L, 2, P, kv_heads, head_dim]`.
     """
-    layers = attention_layers(backbone)
-    dims = [attention_dims(layer) for layer in layers]
-    captured = [None] * len(layers)
     ids = np.asarray([token_ids], "int32")
     inputs = {"token_ids": ids, "padding_mask": np.ones_like(ids)}
     if "segment_ids" in backbone.input:
         inputs["segment_ids"] = np.zeros_like(ids)
+    return record_keys_values(backbone, lambda: backbone(inputs, training=False))
+
+
+def record_keys_values(backbone, run):
+    """Each self-attention layer's keys and values while `run()` executes.
+
+    Records the projected keys and values of the first example as each
+    attention layer's `_compute_attention` receives them: after RoPE, before
+    any prefix is put in front, Llama's repeated kv heads reduced back to
+    the kv heads.
+
+    Args:
+        backbone: a keras-hub backbone (prompt-tuned or not).
+        run: callable running the backbone once, eagerly, on a batch whose
+            first row is the sequence to record (all positions valid).
+
+    Returns:
+        float32 array `[L, 2, S, kv_heads, head_dim]`, S the sequence length.
+    """
+    layers = attention_layers(backbone)
+    dims = [attention_dims(layer) for layer in layers]
+    captured = [None] * len(layers)
     with contextlib.ExitStack() as stack:
         for index, layer in enumerate(layers):
             original = layer._compute_attention
@@ -312,8 +343,79 @@ def capture_keys_values(backbone, token_ids):
                 return _f(query, key, value, *args, **kwargs)
 
             stack.enter_context(_patched(layer, "_compute_attention", record))
-        backbone(inputs, training=False)
+        run()
     return np.stack([np.stack(kv) for kv in captured]).astype(np.float32)
+
+
+# --- positions (offsets per example) -----------------------------------------
+
+
+def absolute_position_embedding(backbone):
+    """The backbone's keras-hub `PositionEmbedding` (GPT2, BERT), or `None`."""
+    layer = getattr(backbone, "position_embedding", None)
+    if isinstance(layer, keras_hub.layers.PositionEmbedding):
+        return layer
+    return None
+
+
+def rotary_embeddings(backbone):
+    """Every keras-hub `RotaryEmbedding` inside the backbone (Llama, Gemma)."""
+    return [
+        layer
+        for layer in backbone._flatten_layers(include_self=False, recursive=True)
+        if isinstance(layer, keras_hub.layers.RotaryEmbedding)
+    ]
+
+
+def _offset_rotary(handle, layer, original):
+    """A `RotaryEmbedding.call` that rotates at each example's shifted
+    positions when the running call has position offsets."""
+
+    def call(inputs, start_index=0, positions=None):
+        offsets = handle._position_offsets(tf.shape(inputs)[0])
+        if offsets is None or positions is not None:
+            return original(inputs, start_index=start_index, positions=positions)
+        axis = layer.sequence_axis % inputs.shape.rank
+        positions = ops.offset_positions(offsets, start_index, tf.shape(inputs)[axis])
+        return original(inputs, positions=positions)
+
+    return call
+
+
+def baking_obstacle(model):
+    """Why a prompt's keys/values cannot be computed once for `model`, or
+    `None` when they can (keras-hub structure only; the method and offset
+    are the caller's part).
+
+    Baking needs a causal LM (a prompt in front of the text then attends
+    only to itself), self-attention layers whose keys and values can be
+    supplied (`_compute_attention`), no sliding window (it would hide the
+    prompt from distant text positions, a prefix never), and a position
+    mechanism whose positions can be shifted per example.
+    """
+    backbone, _ = split(model)
+    if not is_causal_lm(model):
+        return (
+            f"`{type(model).__name__}` is not a causal LM: its prompt positions "
+            "attend to the text, so their keys and values differ per request"
+        )
+    try:
+        layers = attention_layers(backbone, model)
+    except UnsupportedModelError as error:
+        return str(error)
+    if any(getattr(layer, "use_sliding_window_attention", False) for layer in layers):
+        return (
+            "its sliding-window attention hides the prompt from text positions "
+            "beyond the window, which keys and values in front never are"
+        )
+    if absolute_position_embedding(backbone) is None and not rotary_embeddings(
+        backbone
+    ):
+        return (
+            "it has neither a keras-hub PositionEmbedding nor RotaryEmbedding, "
+            "so the text's positions cannot be started after the prompt"
+        )
+    return None
 
 
 @contextlib.contextmanager
@@ -340,10 +442,13 @@ def _sliding_window_disabled(layer):
 
 
 def _prefixed_attention(handle, layer, index, original):
-    """`_compute_attention` with the handle's prefix in front of K/V."""
+    """`_compute_attention` with the handle's prefix (or the running call's
+    precomputed keys/values) in front of K/V; unchanged without one."""
     sliding = bool(getattr(layer, "use_sliding_window_attention", False))
 
     def compute_attention(query, key, value, attention_mask=None, *args, **kwargs):
+        if not handle._attends():
+            return original(query, key, value, attention_mask, *args, **kwargs)
         query_length = tf.shape(query)[1]
         if kwargs.pop("use_causal_mask", False):
             # Keras MultiHeadAttention's causal-only fast path passes no mask
@@ -399,13 +504,21 @@ def _patch(handle, owner, name, attribute, replacement):
 
 
 def install(handle):
-    """Route the backbone's calls through the handle (instances only)."""
+    """Route the backbone's calls through the handle (instances only).
+
+    Besides what the method needs, every self-attention (when its class is
+    supported) and every position layer is routed through the handle, so
+    any call can bring precomputed keys/values and position offsets
+    (`PromptTuning.call(keys_values=..., position_offsets=...)`); without
+    them these hooks call the original.
+    """
     backbone, method = handle.backbone, handle.method
     _patch(
         handle, backbone.token_embedding, "token_embedding.call", "call", handle._embed
     )
     _patch(handle, backbone, "backbone.call", "call", handle._backbone_call)
-    if method.replaces_position_sum:
+    position = absolute_position_embedding(backbone)
+    if method.replaces_position_sum or position is not None:
         _patch(
             handle,
             backbone.position_embedding,
@@ -413,30 +526,44 @@ def install(handle):
             "call",
             handle._position_call,
         )
+    if method.replaces_position_sum:
         segments = getattr(backbone, "segment_embedding", None)
         if segments is not None:
             _patch(
                 handle, segments, "segment_embedding.call", "call", handle._segment_call
             )
-    if method.attends:
-        for index, layer in enumerate(attention_layers(backbone)):
-            name = f"attention.{index}._compute_attention"
-            original = layer._compute_attention
+    for index, layer in enumerate(rotary_embeddings(backbone)):
+        _patch(
+            handle,
+            layer,
+            f"rotary.{index}.call",
+            "call",
+            _offset_rotary(handle, layer, layer.call),
+        )
+    try:
+        layers = attention_layers(backbone)
+    except UnsupportedModelError:
+        if method.attends:
+            raise
+        layers = []  # forms 1 and 2 work without; precomputed keys/values do not
+    for index, layer in enumerate(layers):
+        name = f"attention.{index}._compute_attention"
+        original = layer._compute_attention
+        _patch(
+            handle,
+            layer,
+            name,
+            "_compute_attention",
+            _prefixed_attention(handle, layer, index, original),
+        )
+        if method.attends and hasattr(layer, "_compute_vllm_attention"):
             _patch(
                 handle,
                 layer,
-                name,
-                "_compute_attention",
-                _prefixed_attention(handle, layer, index, original),
+                f"attention.{index}._compute_vllm_attention",
+                "_compute_vllm_attention",
+                _refuse_vllm(layer),
             )
-            if hasattr(layer, "_compute_vllm_attention"):
-                _patch(
-                    handle,
-                    layer,
-                    f"attention.{index}._compute_vllm_attention",
-                    "_compute_vllm_attention",
-                    _refuse_vllm(layer),
-                )
     reset_compiled_functions(backbone)
 
 
@@ -448,6 +575,7 @@ def attach_task(handle, task):
     handle.model = task
     if isinstance(task, keras_hub.models.CausalLM):
         _patch(handle, task, "generate_step", "generate_step", handle._generate_step)
+        _patch(handle, task, "generate", "generate", handle._generate)
         if hasattr(task, "score"):
             _patch(handle, task, "score", "score", handle._score)
     reset_compiled_functions(task)

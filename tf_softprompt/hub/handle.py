@@ -4,21 +4,28 @@ import contextlib
 import threading
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-from tf_softprompt import artifact, initializers, ops, packing
+from tf_softprompt import artifact, initializers, methods, ops, packing
 from tf_softprompt.hub import adapter
 
 HANDLE_ATTRIBUTE = "_tf_softprompt_handle"
+# Extra keys of a `generate()` / `generate_step()` inputs dict (see
+# `PromptTuning.generate_step`); "tasks" is resolved by `generate()` only.
+SELECTION_KEYS = ("prompt_ids", "prompt_mask", "position_offsets")
 
 
 class _CallState:
-    """What the running call selected: per-example prompt ids and mask, and
-    the layout of the extended rows (read by the position hooks)."""
+    """What the running call selected: per-example prompt ids and mask, the
+    layout of the extended rows (read by the position hooks), precomputed
+    keys/values and per-example position offsets."""
 
     def __init__(self):
         self.selection = None  # (prompt_ids [B, W], prompt_mask [B, W])
         self.layout = None
+        self.keys_values = None  # [L, 2, N, kv_heads, head_dim]
+        self.position_offsets = None  # int32 [B]
 
 
 class PromptTuning:
@@ -48,6 +55,23 @@ class PromptTuning:
     prefix's row `r` along its token axis). Masked slots behave exactly
     like absent ones.
 
+    Per-example prompts in `CausalLM.generate()`: register each task's rows
+    with `add_task`, then pass `"tasks"` (one name per example) next to the
+    inputs; or pass `"prompt_ids"`/`"prompt_mask"` `[B, W]` directly. With
+    a preprocessor the texts go under `"prompts"`:
+    `lm.generate({"prompts": texts, "tasks": names})`; without one, next
+    to `token_ids`/`padding_mask`. Each example's output is what a model
+    holding only its task's prompt generates.
+
+    Precomputed keys/values (a baked prompt, `tf_softprompt.hub.baking`):
+    `call` and `generate_step` take `keys_values` `[L, 2, N, kv_heads,
+    head_dim]`, which every self-attention reads in front of the text
+    instead of the prompt (`prompt_ids` then name its rows `V + r`, and
+    forms 1 and 2 insert nothing into the sequence), and
+    `position_offsets` int `[B]`: each example's text starts at that
+    position (GPT-2's position ids, RoPE's rotations), as it does behind a
+    prompt that took those positions.
+
     Example:
     ```python
     handle = hub.enable_prompt_tuning(lm, num_tasks * pmax)
@@ -56,6 +80,10 @@ class PromptTuning:
     prompt_ids = V + task[:, None] * pmax + slots  # [B, pmax]
     prompt_mask = slots < tf.gather(lengths, task)[:, None]
     logits = handle.call(inputs, prompt_ids=prompt_ids, prompt_mask=prompt_mask)
+
+    handle.add_task("story", range(0, 3))
+    handle.add_task("poem", range(pmax, pmax + 2))
+    lm.generate({"prompts": ["Once", "The sea"], "tasks": ["story", "poem"]})
     ```
     """
 
@@ -72,6 +100,7 @@ class PromptTuning:
         self._local = threading.local()
         self._originals = {}
         self._fingerprint = None
+        self._tasks = {}
 
     # --- Public surface -------------------------------------------------
 
@@ -216,25 +245,60 @@ class PromptTuning:
         with self._using(selection=selection, layout=layout):
             return self._originals["backbone.call"](extended_inputs, training=training)
 
-    def call(self, inputs, prompt_ids=None, prompt_mask=None, training=False):
+    def call(
+        self,
+        inputs,
+        prompt_ids=None,
+        prompt_mask=None,
+        training=False,
+        *,
+        keys_values=None,
+        position_offsets=None,
+    ):
         """Run the enabled model (Task or Backbone) with per-example prompts.
 
         Same as `model(inputs)`, with `prompt_ids`/`prompt_mask` as in
         `extend_inputs`. Outputs have the prompt positions removed.
+
+        Args:
+            inputs: the model's inputs dict.
+            prompt_ids, prompt_mask: as in `extend_inputs`.
+            training: bool.
+            keys_values: optional float `[L, 2, N, kv_heads, head_dim]`
+                keys/values every self-attention reads in front of the text
+                instead of the prompt (a baked prompt); `prompt_ids` then
+                name its rows `V + r` (default: all N).
+            position_offsets: optional int `[B]`: example b's sequence starts
+                at position `position_offsets[b]` instead of 0.
         """
-        with self._using(selection=(prompt_ids, prompt_mask)):
+        with self._using(
+            selection=(prompt_ids, prompt_mask),
+            keys_values=keys_values,
+            position_offsets=position_offsets,
+        ):
             return self.model(inputs, training=training)
 
     def generate_step(
-        self, inputs, stop_token_ids=None, prompt_ids=None, prompt_mask=None
+        self,
+        inputs,
+        stop_token_ids=None,
+        prompt_ids=None,
+        prompt_mask=None,
+        *,
+        keys_values=None,
+        position_offsets=None,
     ):
         """`CausalLM.generate_step` with optional per-example prompts.
 
         Args:
             inputs: dict with right-padded `token_ids` and `padding_mask`,
                 `[B, T]`; T is the total length (prompt text + generation).
+                May also hold `prompt_ids`, `prompt_mask` and
+                `position_offsets` (as the arguments below), which is how
+                `CausalLM.generate` passes them.
             stop_token_ids: as in `CausalLM.generate_step`.
             prompt_ids, prompt_mask: as in `extend_inputs`.
+            keys_values, position_offsets: as in `call`.
 
         Returns:
             dict of `token_ids` and `padding_mask`, `[B, T]`, without virtual
@@ -245,23 +309,161 @@ class PromptTuning:
                 f"`generate_step` needs a CausalLM; prompt tuning was enabled "
                 f"on a `{type(self.model).__name__}`."
             )
-        with self._using(selection=(prompt_ids, prompt_mask)):
+        with self._using(
+            selection=(prompt_ids, prompt_mask),
+            keys_values=keys_values,
+            position_offsets=position_offsets,
+        ):
             return self._generate_step(inputs, stop_token_ids)
+
+    # --- Named tasks (per-example prompts in `generate()`) -------------------
+
+    def add_task(self, name, rows):
+        """Name the prompt rows one task uses, for `generate({"tasks": ...})`.
+
+        Args:
+            name: str, the task's name.
+            rows: iterable of ints in `[0, P)`, the task's prompt tokens in
+                order (rows of the table; a prefix's rows along its token
+                axis), e.g. `range(k * pmax, k * pmax + p_k)`.
+
+        Example:
+        ```python
+        handle.add_task("story", range(0, 3))
+        lm.generate({"prompts": ["Once upon"], "tasks": ["story"]})
+        ```
+        """
+        rows = [int(r) for r in rows]
+        if not isinstance(name, str) or not name:
+            raise ValueError(
+                f"A task name must be a non-empty str. Received: {name!r}."
+            )
+        if not rows or min(rows) < 0 or max(rows) >= self.num_prompt_tokens:
+            raise ValueError(
+                f"Task {name!r} needs at least one row, each in [0, "
+                f"{self.num_prompt_tokens}) (the table's P rows). Received: "
+                f"rows={rows}."
+            )
+        self._tasks[name] = tuple(rows)
+
+    @property
+    def tasks(self):
+        """`{name: rows}` of the tasks named with `add_task`."""
+        return dict(self._tasks)
+
+    def task_selection(self, names):
+        """`(prompt_ids, prompt_mask)` numpy `[B, W]` for one task per example.
+
+        W is the longest registered task (the same for every call, so a
+        compiled `generate` is reused); shorter tasks are masked.
+
+        Raises:
+            ValueError: for a name not registered with `add_task`, listing
+                the known ones.
+        """
+        if isinstance(names, (str, bytes)):
+            names = [names]
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+        unknown = sorted(set(names) - set(self._tasks))
+        if unknown:
+            raise ValueError(
+                f"Unknown task(s) {unknown}. Known tasks: "
+                f"{sorted(self._tasks) or 'none (register them with add_task)'}."
+            )
+        width = max(len(rows) for rows in self._tasks.values())
+        ids = np.full((len(names), width), self.vocab_size, np.int32)
+        mask = np.zeros((len(names), width), bool)
+        for b, name in enumerate(names):
+            rows = self._tasks[name]
+            ids[b, : len(rows)] = self.vocab_size + np.asarray(rows)
+            mask[b, : len(rows)] = True
+        return ids, mask
 
     # --- Call state ---------------------------------------------------------
 
     @contextlib.contextmanager
-    def _using(self, selection=None, layout=None):
+    def _using(
+        self, selection=None, layout=None, keys_values=None, position_offsets=None
+    ):
         state = self._state()
-        previous = (state.selection, state.layout)
+        previous = (
+            state.selection,
+            state.layout,
+            state.keys_values,
+            state.position_offsets,
+        )
         if selection is not None:
             state.selection = selection
         if layout is not None:
             state.layout = layout
+        if keys_values is not None:
+            keys_values = tf.convert_to_tensor(keys_values)
+            ops.check_prompt_shape(
+                keys_values,
+                methods.get("prefix").prompt_shape(
+                    self._attention_dims(), keys_values.shape[2]
+                ),
+                "keys_values",
+            )
+            state.keys_values = keys_values
+        if position_offsets is not None:
+            state.position_offsets = tf.cast(position_offsets, tf.int32)
         try:
             yield
         finally:
-            state.selection, state.layout = previous
+            (
+                state.selection,
+                state.layout,
+                state.keys_values,
+                state.position_offsets,
+            ) = previous
+
+    def _attention_dims(self):
+        """The `ModelDims` with attention shapes (what keys_values must fit)."""
+        if self.dims.attention:
+            return self.dims
+        if getattr(self, "_kv_dims", None) is None:
+            self._kv_dims = adapter.model_dims(self.backbone, methods.get("prefix"))
+        return self._kv_dims
+
+    def _in_sequence(self):
+        """Whether the running call inserts virtual ids (forms 1 and 2,
+        unless precomputed keys/values stand in for the prompt)."""
+        return self.method.uses_virtual_ids and self._state().keys_values is None
+
+    def _attends(self):
+        """Whether the running call puts keys/values in front of the text."""
+        return self.method.attends or self._state().keys_values is not None
+
+    def _position_offsets(self, batch_size):
+        """Each example's first text position in the running call (`[B]`),
+        or `None` for 0: the call's `position_offsets`, else, for a prefix
+        that takes positions (`past_prefix`), its length per example."""
+        state = self._state()
+        if state.position_offsets is not None:
+            return state.position_offsets
+        if self.method.uses_virtual_ids or not self.method.adds_positions:
+            return None
+        prompt_ids, prompt_mask = state.selection or (None, None)
+        if prompt_mask is not None:
+            return tf.reduce_sum(tf.cast(prompt_mask, tf.int32), axis=1)
+        width = self.num_prompt_tokens
+        if prompt_ids is not None:
+            width = tf.shape(prompt_ids)[1]
+        return tf.fill(tf.reshape(batch_size, [1]), width)
+
+    def _split_selection(self, inputs):
+        """`(inputs, {selection kwargs for _using})` from an inputs dict that
+        may carry `SELECTION_KEYS`."""
+        if not isinstance(inputs, dict) or not set(inputs) & set(SELECTION_KEYS):
+            return inputs, {}
+        inputs = dict(inputs)
+        prompt_ids = inputs.pop("prompt_ids", None)
+        prompt_mask = inputs.pop("prompt_mask", None)
+        kwargs = {"position_offsets": inputs.pop("position_offsets", None)}
+        if prompt_ids is not None or prompt_mask is not None:
+            kwargs["selection"] = (prompt_ids, prompt_mask)
+        return inputs, kwargs
 
     def _state(self):
         state = getattr(self._local, "state", None)
@@ -277,21 +479,22 @@ class PromptTuning:
         """
         if prompt_ids is None and prompt_mask is None:
             prompt_ids, prompt_mask = self._state().selection or (None, None)
-        if (
-            prompt_ids is None
-            and prompt_mask is None
-            and not self.method.uses_virtual_ids
-        ):
+        if prompt_ids is None and prompt_mask is None and not self._in_sequence():
             return None, None
+        keys_values = self._state().keys_values
+        rows = self.num_prompt_tokens if keys_values is None else keys_values.shape[2]
         token_ids = tf.convert_to_tensor(token_ids)
         if prompt_ids is None:
             batch = tf.shape(token_ids)[0]
-            prompt_ids = tf.tile(self.prompt_token_ids[None], tf.stack([batch, 1]))
+            prompt_ids = tf.tile(
+                ops.virtual_token_ids(self.vocab_size, rows)[None],
+                tf.stack([batch, 1]),
+            )
         else:
             prompt_ids = ops.check_token_ids(
                 tf.convert_to_tensor(prompt_ids),
                 self.vocab_size,
-                self.num_prompt_tokens,
+                rows,
                 "prompt_ids",
             )
         if prompt_ids.shape[1] is None:
@@ -312,13 +515,14 @@ class PromptTuning:
             token_ids, prompt_ids, prompt_mask
         )
         inputs = {**inputs, "token_ids": token_ids}
-        if self.method.uses_virtual_ids:
+        if self._in_sequence():
             self._check_length(token_ids.shape[1], prompt_ids.shape[1])
             extended, extension = packing.extend_inputs(
                 inputs, prompt_ids, prompt_mask, self.offset
             )
         else:
-            self._check_length(token_ids.shape[1], 0)
+            width = self.num_prompt_tokens if self.method.adds_positions else 0
+            self._check_length(token_ids.shape[1], width)
             extended, extension = packing.extend_inputs(inputs)
         return extended, extension, (prompt_ids, prompt_mask)
 
@@ -369,17 +573,22 @@ class PromptTuning:
         return layout
 
     def _position_call(self, inputs, start_index=0, positions=None):
-        if positions is not None:
-            return self._originals["position_embedding.call"](
-                inputs, start_index=start_index, positions=positions
+        original = self._originals["position_embedding.call"]
+        offsets = self._position_offsets(tf.shape(inputs)[0])
+        prepend = self.method.replaces_position_sum
+        if positions is not None or (offsets is None and not prepend):
+            return original(inputs, start_index=start_index, positions=positions)
+        length = tf.shape(inputs)[-2]
+        if prepend:
+            positions, is_prompt = self.method.positions(
+                self._current_layout(), start_index, length
             )
-        positions, is_prompt = self.method.positions(
-            self._current_layout(), start_index, tf.shape(inputs)[-2]
-        )
-        outputs = self._originals["position_embedding.call"](
-            inputs, start_index=start_index, positions=positions
-        )
-        return self.method.zero_at_prompt(outputs, is_prompt)
+            if offsets is not None:
+                positions = positions + offsets[:, None]
+        else:
+            positions = ops.offset_positions(offsets, start_index, length)
+        outputs = original(inputs, start_index=start_index, positions=positions)
+        return self.method.zero_at_prompt(outputs, is_prompt) if prepend else outputs
 
     def _segment_call(self, inputs, *args, **kwargs):
         outputs = self._originals["segment_embedding.call"](inputs, *args, **kwargs)
@@ -389,12 +598,16 @@ class PromptTuning:
         return self.method.zero_at_prompt(outputs, is_prompt)
 
     def _attention_inputs(self, index, key, value, attention_mask, query_length):
-        prompt_ids, prompt_mask = self._state().selection or (None, None)
+        state = self._state()
+        prompt_ids, prompt_mask = state.selection or (None, None)
         rows = None
         if prompt_ids is not None:
             rows = tf.cast(prompt_ids, tf.int32) - self.vocab_size
-        return self.method.attention_inputs(
-            self.table.values(),
+        values = state.keys_values
+        if values is None:
+            values = self.table.values()
+        return methods.get("prefix").attention_inputs(
+            values,
             index,
             key,
             value,
@@ -419,12 +632,57 @@ class PromptTuning:
         return tf.nest.map_structure(restore, outputs)
 
     def _generate_step(self, inputs, stop_token_ids=None):
-        extended, extension, selection = self._extend(inputs)
-        with self._using(selection=selection, layout=extension.layout):
-            outputs = self._originals["generate_step"](
-                extended, stop_token_ids=stop_token_ids
-            )
+        inputs, requested = self._split_selection(inputs)
+        with self._using(**requested):
+            extended, extension, selection = self._extend(inputs)
+            with self._using(selection=selection, layout=extension.layout):
+                outputs = self._originals["generate_step"](
+                    extended, stop_token_ids=stop_token_ids
+                )
         return {k: extension.strip_generated(v) for k, v in outputs.items()}
+
+    def _generate(self, inputs, *args, **kwargs):
+        """`CausalLM.generate`, also taking per-example prompts as extra keys
+        of an inputs dict (see the class docstring)."""
+        original = self._originals["generate"]
+        keys = {*SELECTION_KEYS, "tasks"}
+        if not isinstance(inputs, dict) or not set(inputs) & keys:
+            return original(inputs, *args, **kwargs)
+        inputs = dict(inputs)
+        tasks = inputs.pop("tasks", None)
+        selection = {k: inputs.pop(k) for k in SELECTION_KEYS if k in inputs}
+        if tasks is not None:
+            if "prompt_ids" in selection or "prompt_mask" in selection:
+                raise ValueError(
+                    "Pass either `tasks` or `prompt_ids`/`prompt_mask` to "
+                    "`generate`, not both."
+                )
+            ids, mask = self.task_selection(tasks)
+            selection.update(prompt_ids=ids, prompt_mask=mask)
+        model = self.model
+        if model.preprocessor is not None and set(inputs) == {"prompts"}:
+            inputs = inputs["prompts"]
+        batch = _static_batch(inputs)
+        for key, value in selection.items():
+            value = np.asarray(value)
+            if batch is not None and value.shape[:1] != (batch,):
+                raise ValueError(
+                    f"`{key}` must have one row per example ({batch}). "
+                    f"Received shape {list(value.shape)}."
+                )
+            selection[key] = tf.convert_to_tensor(
+                value.astype(bool) if key == "prompt_mask" else value.astype(np.int32)
+            )
+        compiled = model.make_generate_function()
+
+        def with_selection(x, stop_token_ids=None):
+            return compiled({**x, **selection}, stop_token_ids=stop_token_ids)
+
+        model.generate_function = with_selection
+        try:
+            return original(inputs, *args, **kwargs)
+        finally:
+            model.generate_function = compiled
 
     def _score(self, token_ids, padding_mask=None, target_ids=None, **kwargs):
         inputs = {"token_ids": token_ids, "padding_mask": padding_mask}
@@ -441,6 +699,19 @@ class PromptTuning:
         return extension.restore(outputs)
 
 
+def _static_batch(inputs):
+    if isinstance(inputs, str):
+        return 1  # `generate` adds the batch dimension
+    if isinstance(inputs, dict):
+        inputs = next(iter(inputs.values()), None)
+    shape = getattr(inputs, "shape", None)
+    if shape is not None:
+        return int(shape[0]) if len(shape) and shape[0] is not None else None
+    if isinstance(inputs, (list, tuple)):
+        return len(inputs)
+    return None
+
+
 def get_prompt_tuning(model):
     """The `PromptTuning` handle of an enabled model, or `None`."""
     handle = getattr(model, HANDLE_ATTRIBUTE, None)
@@ -449,4 +720,4 @@ def get_prompt_tuning(model):
     return handle
 
 
-__all__ = ["HANDLE_ATTRIBUTE", "PromptTuning", "get_prompt_tuning"]
+__all__ = ["HANDLE_ATTRIBUTE", "SELECTION_KEYS", "PromptTuning", "get_prompt_tuning"]

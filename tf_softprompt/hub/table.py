@@ -56,9 +56,9 @@ class PromptTable(keras.layers.Layer):
         self.offset = int(offset)
         if isinstance(reparameterization, dict):
             reparameterization = Reparameterization(**reparameterization)
-        if reparameterization is not None and self.method != "prefix":
+        if reparameterization is not None and not methods.get(method).attends:
             raise ValueError(
-                "`reparameterization` is for method='prefix' (Li and Liang's "
+                "`reparameterization` is for a prefix method (Li and Liang's "
                 f"MLP). Received it with method={self.method!r}."
             )
         self.reparameterization = reparameterization

@@ -7,7 +7,11 @@ keras-hub issue #889 names three, and each is one module here:
 - `"prepend"` (`prepend`): `[P, H]` vectors that replace the position sum;
   slots, but no positions.
 - `"prefix"` (`prefix`): per-layer keys and values
-  `[L, 2, P, kv_heads, head_dim]`; no slots.
+  `[L, 2, P, kv_heads, head_dim]`; no slots, and the text keeps its
+  positions.
+- `"past_prefix"` (`past_prefix`): the same keys and values, standing for P
+  past positions as Hugging Face's `past_key_values` do (PEFT's
+  PREFIX_TUNING): the text starts at position P.
 
 A method is an `InjectionMethod` object (`base`): the shape of its trained
 array, what identifies the frozen base it belongs to (its fingerprint), what
@@ -26,10 +30,19 @@ method.prompt_shape(dims, 20)  # (L, 2, 20, kv_heads, head_dim)
 
 from tf_softprompt.methods.base import AttentionDims, InjectionMethod, ModelDims
 from tf_softprompt.methods.embedding import EmbeddingMethod
+from tf_softprompt.methods.past_prefix import PastPrefixMethod
 from tf_softprompt.methods.prefix import PrefixMethod
 from tf_softprompt.methods.prepend import PrependMethod
 
-_REGISTRY = {m.name: m for m in (EmbeddingMethod(), PrependMethod(), PrefixMethod())}
+_REGISTRY = {
+    m.name: m
+    for m in (
+        EmbeddingMethod(),
+        PrependMethod(),
+        PrefixMethod(),
+        PastPrefixMethod(),
+    )
+}
 NAMES = tuple(_REGISTRY)
 
 
@@ -54,6 +67,7 @@ __all__ = [
     "EmbeddingMethod",
     "InjectionMethod",
     "ModelDims",
+    "PastPrefixMethod",
     "PrefixMethod",
     "PrependMethod",
     "get",

@@ -73,8 +73,9 @@ class InjectionMethod:
         name: str, recorded in artifacts and run records.
         uses_virtual_ids: bool, the prompt occupies sequence slots addressed
             by virtual ids `V + r` (forms 1 and 2); False for the prefix.
-        adds_positions: bool, the prompt slots count against the model's
-            position limit (form 1; form 2 gives them no position).
+        adds_positions: bool, the prompt takes positions in front of the
+            text, which count against the model's position limit (form 1,
+            and a `past_prefix`; form 2 and `prefix` give it none).
         replaces_position_sum: bool, prompt vectors replace the token +
             position (+ segment) sum at their slots (form 2).
         attends: bool, the prompt enters every self-attention (form 3).

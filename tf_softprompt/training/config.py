@@ -91,8 +91,9 @@ class ClassifierConfig:
     method: str = _field(
         "prefix",
         "injection method: prefix (per-layer keys/values; the default, the "
-        "best measured), embedding (virtual-id rows) or prepend (vectors "
-        "replacing the position sum)",
+        "best measured), embedding (virtual-id rows), prepend (vectors "
+        "replacing the position sum) or past_prefix (a prefix the text follows "
+        "in position, as PEFT's PREFIX_TUNING)",
         choices=methods.NAMES,
     )
     prompt_length: int = _field(20, "prompt vectors (or prefix positions) P")
@@ -160,9 +161,10 @@ class ClassifierConfig:
                     f"`{name}` must be a positive integer. Received: {value!r}."
                 )
         if self.reparameterize is not None:
-            if self.method != "prefix":
+            if not methods.get(self.method).attends:
                 raise ValueError(
-                    "`reparameterize` is for method='prefix'. Received it with "
+                    "`reparameterize` is for method='prefix' (or 'past_prefix'). "
+                    "Received it with "
                     f"method={self.method!r}."
                 )
             if not isinstance(self.reparameterize, int) or self.reparameterize <= 0:
