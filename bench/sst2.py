@@ -28,6 +28,23 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_DATA = os.path.join(HERE, "..", "..", "shared", "data", "sst2")
 
 
+def write_subsets(args, out):
+    """The seeded training and validation subsets of `args` in `out`:
+    `(train path, validation path, train rows, validation rows)`."""
+    train = os.path.join(out, "train-subset.tsv")
+    validation = os.path.join(out, "validation-subset.tsv")
+    train_rows = write_subset(
+        os.path.join(args.data_dir, "train.tsv"), train, args.train_size, args.seed
+    )
+    eval_rows = write_subset(
+        os.path.join(args.data_dir, "validation.tsv"),
+        validation,
+        args.eval_size,
+        args.seed,
+    )
+    return train, validation, train_rows, eval_rows
+
+
 def write_subset(source, target, size, seed):
     """A seeded random subset of a GLUE-style TSV (header kept)."""
     with open(source, encoding="utf-8") as f:
@@ -67,17 +84,7 @@ def main():
 
     out = args.out or tempfile.mkdtemp(prefix="sst2-")
     os.makedirs(out, exist_ok=True)
-    train = os.path.join(out, "train-subset.tsv")
-    validation = os.path.join(out, "validation-subset.tsv")
-    train_rows = write_subset(
-        os.path.join(args.data_dir, "train.tsv"), train, args.train_size, args.seed
-    )
-    eval_rows = write_subset(
-        os.path.join(args.data_dir, "validation.tsv"),
-        validation,
-        args.eval_size,
-        args.seed,
-    )
+    train, validation, train_rows, eval_rows = write_subsets(args, out)
     config = config_lib.from_arguments(
         args,
         out=os.path.join(out, "run"),

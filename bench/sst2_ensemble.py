@@ -39,7 +39,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from sst2 import DEFAULT_DATA, DEFAULTS, OWN, write_subset  # noqa: E402
+from sst2 import DEFAULT_DATA, DEFAULTS, OWN, write_subsets  # noqa: E402
 
 
 def _read_validation(path):
@@ -120,18 +120,8 @@ def main():
 
     out = args.out or tempfile.mkdtemp(prefix="sst2-ensemble-")
     os.makedirs(out, exist_ok=True)
-    train = os.path.join(out, "train-subset.tsv")
-    validation = os.path.join(out, "validation-subset.tsv")
     # One training subset and one validation subset for every member.
-    train_rows = write_subset(
-        os.path.join(args.data_dir, "train.tsv"), train, args.train_size, args.seed
-    )
-    eval_rows = write_subset(
-        os.path.join(args.data_dir, "validation.tsv"),
-        validation,
-        args.eval_size,
-        args.seed,
-    )
+    train, validation, train_rows, eval_rows = write_subsets(args, out)
     texts, labels = _read_validation(validation)
     members, runs, probabilities, settings = [], [], [], None
     started = time.perf_counter()

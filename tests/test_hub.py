@@ -2,7 +2,7 @@
 
 GPT2 (learned absolute positions), Gemma (RoPE, sqrt(H) scaling), Llama
 (grouped-query attention, RoPE) and BERT (absolute positions, segments,
-pooled [CLS]) are built directly from small configs.
+pooled [CLS]), from `tiny_models`.
 """
 
 import hashlib
@@ -12,50 +12,13 @@ import keras_hub
 import numpy as np
 import pytest
 import tensorflow as tf
+from tiny_models import H, V, build_backbone, build_task, sequence
 
 import tf_softprompt
 from tf_softprompt import hub
 
-V = 97
-H = 16
 P = 3
 HARD = np.array([11, 22, 33])  # hard tokens whose embeddings seed the prompt
-
-
-def build_backbone(kind, seed=0):
-    keras.utils.set_random_seed(seed)
-    common = dict(vocabulary_size=V, num_layers=2, intermediate_dim=32)
-    if kind == "gpt2":
-        return keras_hub.models.GPT2Backbone(
-            num_heads=2, hidden_dim=H, max_sequence_length=32, **common
-        )
-    if kind == "gemma":
-        return keras_hub.models.GemmaBackbone(
-            num_query_heads=2, num_key_value_heads=1, hidden_dim=H, head_dim=8, **common
-        )
-    if kind == "llama":
-        return keras_hub.models.LlamaBackbone(
-            num_query_heads=4, num_key_value_heads=2, hidden_dim=H, **common
-        )
-    if kind == "bert":
-        return keras_hub.models.BertBackbone(
-            num_heads=2, hidden_dim=H, max_sequence_length=32, **common
-        )
-    raise ValueError(kind)
-
-
-def build_task(kind, seed=0):
-    backbone = build_backbone(kind, seed)
-    if kind == "bert":
-        return keras_hub.models.BertTextClassifier(
-            backbone=backbone, num_classes=2, preprocessor=None
-        )
-    task_class = {
-        "gpt2": keras_hub.models.GPT2CausalLM,
-        "gemma": keras_hub.models.GemmaCausalLM,
-        "llama": keras_hub.models.LlamaCausalLM,
-    }[kind]
-    return task_class(backbone=backbone, preprocessor=None)
 
 
 def base_forward(backbone, token_ids, segment_ids=None):
@@ -67,10 +30,6 @@ def base_forward(backbone, token_ids, segment_ids=None):
     handle = hub.get_prompt_tuning(backbone)
     call = handle._originals["backbone.call"] if handle else backbone
     return call(inputs)
-
-
-def sequence(outputs):
-    return outputs["sequence_output"] if isinstance(outputs, dict) else outputs
 
 
 def bert_inputs(token_ids, padding_mask):

@@ -10,12 +10,12 @@ wrapped sublayer (the vocabulary embedding, the attention) frozen for both
 kinds of wrapper.
 """
 
-import contextlib
 import copy
 
 import tensorflow as tf
 
 from tf_softprompt import artifact, initializers, methods, ops
+from tf_softprompt.patching import patched
 from tf_softprompt.validation import check_num_prompt_tokens, check_offset
 
 
@@ -394,25 +394,6 @@ class PromptPrependMixin(PromptWeightsMixin):
         return config
 
 
-@contextlib.contextmanager
-def _instance_patch(owner, attribute, replacement):
-    """Set `owner.<attribute>` for the duration of a `with` block only.
-
-    Bypasses Keras' attribute tracking, and restores what was there (an
-    earlier instance attribute, or the class's method) even on error.
-    """
-    had = attribute in owner.__dict__
-    previous = owner.__dict__.get(attribute)
-    object.__setattr__(owner, attribute, replacement)
-    try:
-        yield
-    finally:
-        if had:
-            object.__setattr__(owner, attribute, previous)
-        else:
-            object.__delattr__(owner, attribute)
-
-
 def _attention_weight_name(variable):
     """A weight's name relative to its attention layer, e.g. `"query/kernel"`.
 
@@ -534,7 +515,7 @@ class PrefixAttentionMixin(FrozenSublayerMixin):
         # Only for this call: the same attention may also run unprefixed
         # elsewhere in the model.
         was_built = attention.built
-        with _instance_patch(attention, "_compute_attention", prefixed):
+        with patched(attention, "_compute_attention", prefixed):
             outputs = attention(query, value, key=key, **kwargs)
         if not was_built:  # built by this call: see `build`
             self._freeze(attention)

@@ -383,6 +383,27 @@ def causal_mask(query_length, key_length):
     return rows >= cols
 
 
+def and_causal_mask(attention_mask, query_length, key_length):
+    """`attention_mask` (or nothing) restricted to Keras' causal triangle.
+
+    Keras `MultiHeadAttention`'s causal-only fast path passes no mask and
+    `use_causal_mask=True`; with keys in front of the real ones the
+    triangle must be spelled out over the real keys first.
+
+    Args:
+        attention_mask: broadcastable to `[B, T, S]` (1 = attend), or `None`.
+        query_length, key_length: T and S.
+
+    Returns:
+        bool `[1, T, S]` when `attention_mask` is `None`, else its `and`
+        with the triangle.
+    """
+    causal = causal_mask(query_length, key_length)[None]
+    if attention_mask is None:
+        return causal
+    return tf.logical_and(tf.cast(attention_mask, tf.bool), causal)
+
+
 def repeat_heads(x, num_heads, axis=-2):
     """Repeat each of `x`'s heads so there are `num_heads` (grouped queries).
 
@@ -552,12 +573,7 @@ def prefix_attention_inputs(
     key = tf.convert_to_tensor(key)
     query_length = tf.shape(query)[1]
     if use_causal_mask:
-        causal = causal_mask(query_length, tf.shape(key)[1])
-        attention_mask = (
-            causal
-            if attention_mask is None
-            else tf.logical_and(tf.cast(attention_mask, tf.bool), causal)
-        )
+        attention_mask = and_causal_mask(attention_mask, query_length, tf.shape(key)[1])
     return prepend_attention_prefix(
         key,
         value,

@@ -48,6 +48,7 @@ import tensorflow as tf
 
 from tf_softprompt import ops
 from tf_softprompt.methods.base import AttentionDims, FrozenBase, ModelDims
+from tf_softprompt.patching import patched
 
 # keras-hub versions whose internals this module was checked against. Another
 # version gets a warning at enable time; tests/test_hub.py pins the installed
@@ -342,7 +343,7 @@ def record_keys_values(backbone, run):
                 )
                 return _f(query, key, value, *args, **kwargs)
 
-            stack.enter_context(_patched(layer, "_compute_attention", record))
+            stack.enter_context(patched(layer, "_compute_attention", record))
         run()
     return np.stack([np.stack(kv) for kv in captured]).astype(np.float32)
 
@@ -419,20 +420,6 @@ def baking_obstacle(model):
 
 
 @contextlib.contextmanager
-def _patched(owner, attribute, replacement):
-    had = attribute in owner.__dict__
-    previous = owner.__dict__.get(attribute)
-    object.__setattr__(owner, attribute, replacement)
-    try:
-        yield
-    finally:
-        if had:
-            object.__setattr__(owner, attribute, previous)
-        else:
-            object.__delattr__(owner, attribute)
-
-
-@contextlib.contextmanager
 def _sliding_window_disabled(layer):
     object.__setattr__(layer, "use_sliding_window_attention", False)
     try:
@@ -454,11 +441,8 @@ def _prefixed_attention(handle, layer, index, original):
             # Keras MultiHeadAttention's causal-only fast path passes no mask
             # and `is_causal`, which would align the causal triangle with the
             # prefix; spell the mask out over the real keys instead.
-            causal = ops.causal_mask(query_length, tf.shape(key)[1])[None]
-            attention_mask = (
-                causal
-                if attention_mask is None
-                else tf.logical_and(tf.cast(attention_mask, tf.bool), causal)
+            attention_mask = ops.and_causal_mask(
+                attention_mask, query_length, tf.shape(key)[1]
             )
         if sliding:
             # Gemma applies its window to the mask it is given; apply it to
