@@ -152,14 +152,21 @@ def measure(dirs, repeats):
                 backends["ensemble"],
                 {"text": text, "task": tasks},
             )
-    times = {name: [] for name in cases}
     for backend, inputs in cases.values():  # warm up
         for _ in range(2):
             backend.run("serving_default", inputs)
+    return interleaved_medians(cases, "serving_default", repeats)
+
+
+def interleaved_medians(cases, signature, repeats):
+    """Median milliseconds of `signature` per case, `{name: (backend,
+    inputs)}`, the cases interleaved in every repeat so that background load
+    hits them alike."""
+    times = {name: [] for name in cases}
     for _ in range(repeats):
         for name, (backend, inputs) in cases.items():
             started = time.perf_counter()
-            backend.run("serving_default", inputs)
+            backend.run(signature, inputs)
             times[name].append((time.perf_counter() - started) * 1e3)
     return {name: statistics.median(values) for name, values in times.items()}
 

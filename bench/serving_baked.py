@@ -28,14 +28,16 @@ Usage:
 import argparse
 import json
 import os
-import statistics
+import sys
 import tempfile
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from serving import interleaved_medians  # noqa: E402 (bench/serving.py)
 
 P, TEXT, V = 100, 128, 8192
 LAYERS, HIDDEN, HEADS, MLP = 6, 512, 8, 2048
@@ -135,13 +137,7 @@ def measure(dirs, repeats):
     for batch in BATCHES:
         a, b = first[f"baked_b{batch}"], first[f"unbaked_b{batch}"]
         assert all(np.array_equal(a[k], b[k]) for k in a), "baked != unbaked"
-    times = {name: [] for name in cases}
-    for _ in range(repeats):
-        for name, (backend, inputs) in cases.items():
-            started = time.perf_counter()
-            backend.run("predict_tokens", inputs)
-            times[name].append((time.perf_counter() - started) * 1e3)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return interleaved_medians(cases, "predict_tokens", repeats)
 
 
 def main():

@@ -137,8 +137,7 @@ def check_structure(model, backbone, method):
             )
     if method.attends:
         attention_layers(backbone, model)
-        no_positions = absolute_position_embedding(backbone) is None
-        if method.adds_positions and no_positions and not rotary_embeddings(backbone):
+        if method.adds_positions and not has_shiftable_positions(backbone):
             raise unsupported(
                 model,
                 f"method={method.name!r} starts the text after the prefix's "
@@ -368,6 +367,14 @@ def rotary_embeddings(backbone):
     ]
 
 
+def has_shiftable_positions(backbone):
+    """Whether the text's positions can be started at a per-example offset:
+    the backbone has a keras-hub `PositionEmbedding` or `RotaryEmbedding`."""
+    return absolute_position_embedding(backbone) is not None or bool(
+        rotary_embeddings(backbone)
+    )
+
+
 def _offset_rotary(handle, layer, original):
     """A `RotaryEmbedding.call` that rotates at each example's shifted
     positions when the running call has position offsets."""
@@ -409,9 +416,7 @@ def baking_obstacle(model):
             "its sliding-window attention hides the prompt from text positions "
             "beyond the window, which keys and values in front never are"
         )
-    if absolute_position_embedding(backbone) is None and not rotary_embeddings(
-        backbone
-    ):
+    if not has_shiftable_positions(backbone):
         return (
             "it has neither a keras-hub PositionEmbedding nor RotaryEmbedding, "
             "so the text's positions cannot be started after the prompt"
