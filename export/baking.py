@@ -85,7 +85,7 @@ def bake_plan(model, handle, table, bake=True):
         fingerprint=table.fingerprint,
     )
     offsets = tuple(baking.text_position_offsets(method, table.lengths))
-    if method.attends:
+    if isinstance(method, methods.PrefixMethod):
         why = (
             "a prefix is keys and values already: served from its table as it "
             "is (no reparameterisation runs)"

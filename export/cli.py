@@ -189,7 +189,7 @@ def _positions(run):
     from tf_softprompt import methods
 
     method = methods.get(run.get("method", "embedding"))
-    return int(run["prompt_length"]) if method.uses_virtual_ids else 0
+    return method.sequence_slots(int(run["prompt_length"]))
 
 
 def export_runs(

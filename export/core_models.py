@@ -106,14 +106,14 @@ class _SelectedRowsPrepend:
         extended = self._extended_mask(inputs, mask, prompt_mask)
         if extended is None:
             return outputs
-        return ops.gather_rows(outputs, ops.pack_permutation(extended))
+        return packing.gather_rows(outputs, packing.pack_permutation(extended))
 
     def compute_mask(self, inputs, mask=None):
         _, prompt_mask = self._selection(inputs)
         extended = self._extended_mask(inputs, mask, prompt_mask)
         if extended is None:
             return None
-        return ops.gather_rows(extended, ops.pack_permutation(extended))
+        return packing.gather_rows(extended, packing.pack_permutation(extended))
 
     def compute_output_shape(self, input_shape):
         batch, length, hidden = tuple(input_shape)

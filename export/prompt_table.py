@@ -69,7 +69,7 @@ class MultiTaskPromptTable:
     @property
     def takes_positions(self):
         """Whether the prompt occupies sequence slots (forms 1 and 2)."""
-        return methods.get(self.method).uses_virtual_ids
+        return bool(methods.get(self.method).sequence_slots(1))
 
     @property
     def vocab_fingerprint(self):
@@ -127,7 +127,7 @@ class MultiTaskPromptTable:
                 )
         if vocabulary is not None:
             vocab = np.asarray(vocabulary, dtype=np.float32)
-            if method.uses_virtual_ids and vocab.shape[1] != reference.shape[-1]:
+            if method.sequence_slots(1) and vocab.shape[1] != reference.shape[-1]:
                 raise ValueError(
                     f"The prompts have hidden size {reference.shape[-1]} but the "
                     f"base has hidden_dim={vocab.shape[1]}; they must be "
@@ -206,7 +206,7 @@ class MultiTaskPromptTable:
             vocab_size = int(vocab.shape[0])
             if fingerprint is None and method.fingerprint_key == "vocab_fingerprint":
                 fingerprint = artifact.vocab_fingerprint(vocab)
-            if dims_metadata is None and method.uses_virtual_ids:
+            if dims_metadata is None and method.sequence_slots(1):
                 dims_metadata = {
                     "hidden_dim": int(vocab.shape[1]),
                     "vocab_size": vocab_size,

@@ -9,13 +9,15 @@ and runs at positions P..P+T-1 (GPT-2's learned rows; RoPE angles for
 Gemma and Llama, whose cached prefix keys are used as they are).
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
 from tiny_models import CAUSAL_KINDS, V, build_task
 
 from tf_softprompt import hub, initializers
-from tf_softprompt.hub import adapter
+from tf_softprompt.hub import inspection
 
 P, T = 3, 5
 
@@ -115,6 +117,11 @@ def test_prefix_positions_count_against_the_position_limit():
 
 def test_refused_without_a_position_layer_to_shift(monkeypatch):
     task = build_task("llama", seed=0)
-    monkeypatch.setattr(adapter, "rotary_embeddings", lambda backbone: [])
+    real = inspection.inspect
+    monkeypatch.setattr(
+        inspection,
+        "inspect",
+        lambda model: dataclasses.replace(real(model), rotary=()),
+    )
     with pytest.raises(hub.UnsupportedModelError, match="past_prefix.*RotaryEmb"):
         hub.enable_prompt_tuning(task, P, method="past_prefix")

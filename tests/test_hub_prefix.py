@@ -31,7 +31,7 @@ from tiny_models import (
 )
 
 from tf_softprompt import artifact, hub
-from tf_softprompt.hub import adapter
+from tf_softprompt.hub import inspection
 from tf_softprompt.methods import prefix as prefix_lib
 
 P = 3
@@ -379,8 +379,8 @@ def test_unsupported_attention_and_offsets_are_refused():
 def test_vllm_attention_path_is_refused_instead_of_skipping_the_prefix():
     backbone = build_backbone("llama")
     hub.enable_prompt_tuning(backbone, P, method="prefix")
-    layer = adapter.attention_layers(backbone)[0]
-    with pytest.raises(hub.UnsupportedModelError, match="vLLM"):
+    layer = inspection.attention_layers(backbone)[0]
+    with pytest.raises(hub.PromptPathError, match="vLLM"):
         layer._compute_vllm_attention(tf.zeros((1, 2, 16)), None, None)
 
 

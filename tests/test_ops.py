@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_softprompt import ops
+from tf_softprompt import attention_ops, ops, packing
 
 V, H, P = 6, 2, 2
 VOCAB = np.arange(V * H, dtype=np.float32).reshape(V, H)
@@ -160,12 +160,12 @@ def test_offset_past_the_end_is_refused_statically_and_at_run_time():
 
 def test_pack_permutation_moves_valid_positions_first_stably():
     mask = tf.constant([[False, True, False, True], [True, True, False, False]])
-    perm = ops.pack_permutation(mask)
+    perm = packing.pack_permutation(mask)
     assert perm.numpy().tolist() == [[1, 3, 0, 2], [0, 1, 2, 3]]
     x = tf.constant([[10, 11, 12, 13], [20, 21, 22, 23]])
-    packed = ops.gather_rows(x, perm)
+    packed = packing.gather_rows(x, perm)
     assert packed.numpy().tolist() == [[11, 13, 10, 12], [20, 21, 22, 23]]
-    restored = ops.gather_rows(packed, ops.inverse_permutation(perm))
+    restored = packing.gather_rows(packed, packing.inverse_permutation(perm))
     assert restored.numpy().tolist() == x.numpy().tolist()
 
 
@@ -175,23 +175,23 @@ def test_pack_destinations_and_inverse_match_a_stable_sort():
         mask = rng.random((5, length)) < 0.6
         keys = (~mask).astype(int)
         expected = np.argsort(keys, axis=1, kind="stable")
-        perm = ops.pack_permutation(tf.constant(mask))
+        perm = packing.pack_permutation(tf.constant(mask))
         assert perm.dtype == tf.int32
         np.testing.assert_array_equal(perm.numpy(), expected)
         np.testing.assert_array_equal(
-            ops.pack_destinations(tf.constant(mask)).numpy(),
+            packing.pack_destinations(tf.constant(mask)).numpy(),
             np.argsort(expected, axis=1),
         )
         shuffled = np.stack([rng.permutation(length) for _ in range(3)])
-        inverse = ops.inverse_permutation(tf.constant(shuffled, tf.int64))
+        inverse = packing.inverse_permutation(tf.constant(shuffled, tf.int64))
         assert inverse.dtype == tf.int64
         np.testing.assert_array_equal(inverse.numpy(), np.argsort(shuffled, axis=1))
     dynamic = tf.function(
-        ops.pack_permutation, input_signature=[tf.TensorSpec((None, None), tf.bool)]
+        packing.pack_permutation, input_signature=[tf.TensorSpec((None, None), tf.bool)]
     )
     mask = tf.constant([[False, True, False, True]])
     assert dynamic(mask).numpy().tolist() == [[1, 3, 0, 2]]
-    compiled = tf.function(ops.pack_permutation, jit_compile=True)
+    compiled = tf.function(packing.pack_permutation, jit_compile=True)
     assert compiled(mask).numpy().tolist() == [[1, 3, 0, 2]]
     assert " sort(" not in compiled.experimental_get_compiler_ir(mask)(stage="hlo")
 
@@ -205,8 +205,8 @@ def test_attention_prefix_broadcasts_shared_masks_before_adding_its_columns():
     # A causal mask alone comes as [1, T, S]; a key mask as [B, 1, S].
     key = tf.zeros((2, 3, 1, 4))
     prefix = tf.ones((2, 1, 4))
-    causal = ops.causal_mask(3, 3)[None]
-    _, _, mask = ops.prepend_attention_prefix(
+    causal = attention_ops.causal_mask(3, 3)[None]
+    _, _, mask = attention_ops.prepend_attention_prefix(
         key, key, causal, prefix, prefix, prefix_mask=[[True, False], [True, True]]
     )
     assert mask.shape == (2, 3, 5)
@@ -215,7 +215,7 @@ def test_attention_prefix_broadcasts_shared_masks_before_adding_its_columns():
     )
     np.testing.assert_array_equal(mask.numpy()[0], expected.astype(bool))
     keys_only = tf.constant([[[True, True, False]], [[True, False, False]]])
-    _, _, mask = ops.prepend_attention_prefix(
+    _, _, mask = attention_ops.prepend_attention_prefix(
         key, key, keys_only, prefix, prefix, query_length=3
     )
     assert mask.shape == (2, 3, 5)

@@ -746,7 +746,8 @@ def build_prompt_init(config):
 
 
 def _dropout_bert_classifier(prompt):
-    """A 2-layer random BERT classifier with backbone dropout 0.3."""
+    """A 2-layer random BERT classifier with backbone dropout 0.3, prompt-
+    tuned with method `prompt` (`None`: fully trainable)."""
     import keras_hub
 
     from tf_softprompt import hub, initializers
@@ -765,7 +766,9 @@ def _dropout_bert_classifier(prompt):
             backbone=backbone, num_classes=2, preprocessor=None
         )
         if prompt:
-            hub.enable_prompt_tuning(model, 3, initializer=initializers.uniform(seed=1))
+            hub.enable_prompt_tuning(
+                model, 3, method=prompt, initializer=initializers.uniform(seed=1)
+            )
         return model
 
     return build
@@ -801,7 +804,9 @@ def test_recompute_gives_the_same_losses_gradients_and_dropout_states():
         ]
         return results, seeds
 
-    for prompt in (True, False):  # prompt tuning, then full fine-tuning
+    # Form 1 (the prompt enters at the embedding), a prefix (inside every
+    # recomputed layer), then full fine-tuning.
+    for prompt in ("embedding", "prefix", None):
         build = _dropout_bert_classifier(prompt)
         plain = Trainer(build, learning_rate=1e-3, global_batch_size=4, verbose=0)
         recomputed = Trainer(

@@ -11,6 +11,7 @@ test (prompts, baking) does not depend on the tokenizer.
 
 import string
 
+import keras
 import keras_hub
 from tiny_models import V, build_backbone
 
@@ -22,6 +23,7 @@ VOCABULARY += [f"w{i}" for i in range(V - len(VOCABULARY))]
 assert len(VOCABULARY) == V
 
 
+@keras.saving.register_keras_serializable(package="tf_softprompt_tests")
 class TinyWordTokenizer(keras_hub.tokenizers.WordPieceTokenizer):
     """WordPiece with start/end/pad specials, as a causal LM expects."""
 

@@ -41,6 +41,16 @@ import sys
 import numpy as np
 import tensorflow as tf
 
+from tf_softprompt.initializer_checks import (
+    Vocabulary,
+    as_numpy,
+    cast_values,
+    check_hidden,
+    check_ids,
+    check_population,
+    check_seed,
+    token_groups,
+)
 from tf_softprompt.ops import check_prompt_shape
 
 _FUNCTIONS = (
@@ -106,106 +116,6 @@ class PromptInitializer:
         return f"<PromptInitializer {self.description}>"
 
 
-class _Vocabulary:
-    """The `[V, H]` matrix: given now (copied once), or read when needed.
-
-    A zero-argument callable is read each time the initialiser runs: a layer
-    being rebuilt from its config has no built embedding yet.
-    """
-
-    def __init__(self, vocabulary):
-        if isinstance(vocabulary, _Vocabulary):
-            self._read, self._matrix = vocabulary._read, vocabulary._matrix
-        elif callable(vocabulary) and not hasattr(vocabulary, "shape"):
-            self._read, self._matrix = vocabulary, None
-        else:
-            self._read, self._matrix = None, _as_numpy(vocabulary)
-            if self._matrix.ndim != 2:
-                raise ValueError(
-                    "`vocabulary` must be the [vocab_size, hidden_dim] "
-                    f"embedding matrix. Received: shape={list(self._matrix.shape)}."
-                )
-
-    def matrix(self):
-        if self._matrix is not None:
-            return self._matrix
-        return _as_numpy(self._read())
-
-    def given_size(self):
-        """V of a vocabulary given now; None for one read later."""
-        return None if self._matrix is None else int(self._matrix.shape[0])
-
-    def size(self):
-        """V, or None while a lazily read vocabulary does not exist yet."""
-        if self._matrix is not None:
-            return int(self._matrix.shape[0])
-        try:
-            return int(self._read().shape[0])
-        except (AttributeError, ValueError):
-            return None
-
-
-def _as_numpy(matrix):
-    if isinstance(matrix, tf.Variable):
-        matrix = matrix.value()
-    if hasattr(matrix, "numpy"):
-        return matrix.numpy()
-    return np.asarray(matrix)
-
-
-def _cast(values, dtype):
-    return tf.cast(tf.convert_to_tensor(values), dtype or tf.float32)
-
-
-def _check_hidden(shape, matrix):
-    rows, hidden = (int(d) for d in shape)
-    if hidden != matrix.shape[1]:
-        raise ValueError(
-            f"The prompt has shape {[rows, hidden]} but the vocabulary has "
-            f"shape {list(matrix.shape)}: hidden sizes must match."
-        )
-    return rows, hidden
-
-
-def _check_seed(seed):
-    if seed is None:
-        return None
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ValueError(f"`seed` must be an int or None. Received: seed={seed!r}.")
-    return int(seed)
-
-
-def _check_population(population_size, vocabulary_size):
-    population = vocabulary_size if population_size is None else population_size
-    if not 0 < population <= vocabulary_size:
-        raise ValueError(
-            "`population_size` must be in [1, vocabulary_size]. Received: "
-            f"population_size={population_size}, "
-            f"vocabulary_size={vocabulary_size}."
-        )
-    return population
-
-
-def _token_groups(token_ids):
-    groups = [[int(t)] if np.isscalar(t) else [int(i) for i in t] for t in token_ids]
-    for group in groups:
-        if not group:
-            raise ValueError(
-                "Each entry of `token_ids` needs at least one id. Received an "
-                f"empty entry in token_ids={token_ids}."
-            )
-    return groups
-
-
-def _check_ids(groups, vocabulary_size, token_ids):
-    bad = [i for group in groups for i in group if not 0 <= i < vocabulary_size]
-    if bad:
-        raise ValueError(
-            f"Token ids {bad} are outside the vocabulary [0, "
-            f"{vocabulary_size}). Received: token_ids={token_ids}."
-        )
-
-
 def uniform(scale=0.5, seed=None):
     """Uniform values in `[-scale, scale]` (prompt-tuning's "random uniform").
 
@@ -222,11 +132,11 @@ def uniform(scale=0.5, seed=None):
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or scale <= 0:
         raise ValueError(f"`scale` must be positive. Received: scale={scale}.")
     scale = float(scale)
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
 
     def init(shape, dtype=None):
         rng = np.random.default_rng(seed)
-        return _cast(rng.uniform(-scale, scale, size=tuple(shape)), dtype)
+        return cast_values(rng.uniform(-scale, scale, size=tuple(shape)), dtype)
 
     return PromptInitializer(
         "uniform", {"scale": scale, "seed": seed}, init, f"uniform(scale={scale})"
@@ -247,20 +157,20 @@ def from_sample_of_embeddings(vocabulary, population_size=None, seed=None):
         A `PromptInitializer`; its config records `population_size` and
         `seed`, not the vocabulary.
     """
-    source = _Vocabulary(vocabulary)
+    source = Vocabulary(vocabulary)
     if population_size is not None:
         population_size = int(population_size)
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     if source.given_size() is not None:
-        _check_population(population_size, source.given_size())
+        check_population(population_size, source.given_size())
 
     def init(shape, dtype=None):
         matrix = source.matrix()
-        population = _check_population(population_size, matrix.shape[0])
-        rows, _ = _check_hidden(shape, matrix)
+        population = check_population(population_size, matrix.shape[0])
+        rows, _ = check_hidden(shape, matrix)
         rng = np.random.default_rng(seed)
         ids = rng.choice(population, size=rows, replace=rows > population)
-        return _cast(matrix[ids], dtype)
+        return cast_values(matrix[ids], dtype)
 
     def description():
         population = population_size
@@ -280,22 +190,22 @@ def from_sample_of_embeddings(vocabulary, population_size=None, seed=None):
 def _from_groups(name, args, source, groups, fallback, description, token_ids):
     """Rows i = the mean vocabulary row of `groups[i]`; the rest `fallback`."""
     if source.given_size() is not None:
-        _check_ids(groups, source.given_size(), token_ids)
+        check_ids(groups, source.given_size(), token_ids)
 
     def init(shape, dtype=None):
         matrix = source.matrix()
-        _check_ids(groups, matrix.shape[0], token_ids)
-        rows, _ = _check_hidden(shape, matrix)
+        check_ids(groups, matrix.shape[0], token_ids)
+        rows, _ = check_hidden(shape, matrix)
         if len(groups) > rows:
             raise ValueError(
                 f"{len(groups)} token groups were given for a prompt of "
                 f"{rows} rows. Pass at most num_prompt_tokens groups."
             )
         rest = fallback or from_sample_of_embeddings(source, seed=0)
-        values = np.array(_as_numpy(rest(shape, tf.float32)), np.float32)
+        values = np.array(as_numpy(rest(shape, tf.float32)), np.float32)
         for row, group in enumerate(groups):
             values[row] = matrix[group].mean(axis=0)
-        return _cast(values, dtype)
+        return cast_values(values, dtype)
 
     args = {**args, "fallback": fallback}
     return PromptInitializer(name, args, init, description, needs_vocabulary=True)
@@ -317,11 +227,11 @@ def from_token_ids(vocabulary, token_ids, fallback=None):
         A `PromptInitializer`; its config records the token-id groups and
         the fallback's config, not the vocabulary.
     """
-    groups = _token_groups(token_ids)
+    groups = token_groups(token_ids)
     return _from_groups(
         "from_token_ids",
         {"token_ids": groups},
-        _Vocabulary(vocabulary),
+        Vocabulary(vocabulary),
         groups,
         fallback,
         f"from_token_ids({groups})",
@@ -357,7 +267,7 @@ def from_label_words(vocabulary, words, tokenize, fallback=None):
 
 def _label_words(vocabulary, words, token_ids, fallback):
     words = [str(word) for word in words]
-    groups = _token_groups(token_ids)
+    groups = token_groups(token_ids)
     if len(groups) != len(words):
         raise ValueError(
             f"Each label word needs its token-id group. Received {len(words)} "
@@ -366,7 +276,7 @@ def _label_words(vocabulary, words, token_ids, fallback):
     return _from_groups(
         "from_label_words",
         {"words": words, "token_ids": groups},
-        _Vocabulary(vocabulary),
+        Vocabulary(vocabulary),
         groups,
         fallback,
         f"from_label_words({words})",
@@ -386,7 +296,7 @@ def from_array(array, description=None):
     Returns:
         A `PromptInitializer`; its config stores the values (float32).
     """
-    values = np.asarray(_as_numpy(array), dtype=np.float32)
+    values = np.asarray(as_numpy(array), dtype=np.float32)
     if values.ndim < 2:
         raise ValueError(
             "`array` must be [num_prompt_tokens, hidden_dim] or a prefix's "
@@ -395,7 +305,7 @@ def from_array(array, description=None):
 
     def init(shape, dtype=None):
         check_prompt_shape(values, shape)
-        return _cast(values, dtype)
+        return cast_values(values, dtype)
 
     # float32 -> Python float -> float32 is exact, so the config is lossless.
     return PromptInitializer(

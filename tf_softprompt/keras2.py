@@ -20,11 +20,8 @@ model = tf_keras.Model(ids, tf_keras.layers.Dense(2)(x))
 
 import tf_keras
 
-from tf_softprompt.layer_mixins import (
-    PrefixAttentionMixin,
-    PromptEmbeddingMixin,
-    PromptPrependMixin,
-)
+from tf_softprompt.layer_mixins import PromptEmbeddingMixin, PromptPrependMixin
+from tf_softprompt.prefix_attention_mixin import PrefixAttentionMixin
 
 
 @tf_keras.utils.register_keras_serializable(package="tf_softprompt")

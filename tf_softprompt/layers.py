@@ -8,11 +8,8 @@ Keras 2 twins with the same names and behaviour are in
 import keras
 from keras.src.backend import compute_output_spec
 
-from tf_softprompt.layer_mixins import (
-    PrefixAttentionMixin,
-    PromptEmbeddingMixin,
-    PromptPrependMixin,
-)
+from tf_softprompt.layer_mixins import PromptEmbeddingMixin, PromptPrependMixin
+from tf_softprompt.prefix_attention_mixin import PrefixAttentionMixin
 
 
 @keras.saving.register_keras_serializable(package="tf_softprompt")

@@ -1,11 +1,13 @@
 """The soft-prompt math, written once in plain TensorFlow ops.
 
-Everything that decides a number lives here: the extended-vocabulary lookup,
-the id checks, inserting prompt vectors into a sequence, extending masks and
-companion tensors, and packing valid positions to the front of a row. The
-Keras 3 layers (`tf_softprompt.layers`), the Keras 2 layers
-(`tf_softprompt.keras2`), the keras-hub adapter and the exporter are thin
-shells over these functions.
+The sequence math lives here: the extended-vocabulary lookup, the id
+checks, inserting prompt vectors into a sequence, extending masks and
+companion tensors, per-example positions. The attention math (keys and
+values in front, causal masks, the prefix MLP) is in
+`tf_softprompt.attention_ops`, and packing valid positions to the front of
+a row in `tf_softprompt.packing`. The Keras 3 layers
+(`tf_softprompt.layers`), the Keras 2 layers (`tf_softprompt.keras2`), the
+keras-hub hooks and the exporter are thin shells over these functions.
 
 Shapes follow `[B, T]` for token ids, `[V, H]` for the vocabulary matrix and
 `[P, H]` for the prompt table.
@@ -297,73 +299,6 @@ def prepend_prompt(embedded, prompt, offset=0):
     return insert_along_sequence(embedded, prompt, offset)
 
 
-def pack_destinations(mask):
-    """Where each position goes when a row is packed (valid positions first).
-
-    Valid positions keep their order and so do the padding positions, so
-    left padding, or padding in the middle of a row, becomes right padding.
-    Computed with cumulative sums, not a sort: under XLA a sort here made a
-    whole prompt-tuning train step about 15x slower on CPU.
-
-    Args:
-        mask: `[B, T]` bool tensor, `True` where the position is valid.
-
-    Returns:
-        `[B, T]` int32 tensor `dest`: position `t` of row `b` moves to
-        `dest[b, t]`. It is the inverse of `pack_permutation(mask)`.
-
-    Example:
-    >>> pack_destinations(tf.constant([[False, True, True]])).numpy().tolist()
-    [[2, 0, 1]]
-    """
-    valid = tf.cast(mask, tf.int32)
-    valid_before = tf.cumsum(valid, axis=1, exclusive=True)
-    padding_before = tf.cumsum(1 - valid, axis=1, exclusive=True)
-    num_valid = tf.reduce_sum(valid, axis=1, keepdims=True)
-    return tf.where(valid > 0, valid_before, num_valid + padding_before)
-
-
-def pack_permutation(mask):
-    """The per-row permutation that moves valid positions to the front.
-
-    Stable: valid positions keep their order and so do the padding
-    positions (see `pack_destinations`).
-
-    Args:
-        mask: `[B, T]` bool tensor, `True` where the position is valid.
-
-    Returns:
-        `[B, T]` int32 tensor `perm` such that
-        `tf.gather(x, perm, batch_dims=1)` packs a row.
-
-    Example:
-    >>> pack_permutation(tf.constant([[False, True, True]])).numpy().tolist()
-    [[1, 2, 0]]
-    """
-    return inverse_permutation(pack_destinations(mask))
-
-
-def inverse_permutation(perm):
-    """Inverse of a `[B, T]` batch of permutations (a scatter, not a sort).
-
-    Args:
-        perm: `[B, T]` int tensor; each row a permutation of `0..T-1`.
-
-    Returns:
-        `[B, T]` tensor `inv` of `perm`'s dtype with `inv[b, perm[b, t]] = t`.
-    """
-    perm = tf.convert_to_tensor(perm)
-    shape = tf.shape(perm, out_type=perm.dtype)
-    rows = tf.broadcast_to(tf.range(shape[0])[:, None], shape)
-    positions = tf.broadcast_to(tf.range(shape[1])[None], shape)
-    return tf.scatter_nd(tf.stack([rows, perm], axis=-1), positions, shape)
-
-
-def gather_rows(x, perm):
-    """Reorder `x` (`[B, T, ...]`) along axis 1 by a `[B, T]` permutation."""
-    return tf.gather(x, perm, batch_dims=1)
-
-
 def check_prompt_shape(value, expected_shape, what="prompt"):
     """Raise if `value`'s shape differs from `expected_shape`, naming both."""
     shape = tuple(int(d) for d in value.shape)
@@ -373,53 +308,6 @@ def check_prompt_shape(value, expected_shape, what="prompt"):
             f"The {what} has shape {list(shape)} but the model expects "
             f"{list(expected)}. Both shapes must match."
         )
-
-
-def causal_mask(query_length, key_length):
-    """`[T, S]` bool: query `i` sees keys `j <= i` (Keras' causal mask)."""
-    ones = tf.ones(tf.stack([query_length, key_length]), tf.int32)
-    rows = tf.cumsum(ones, axis=-2)
-    cols = tf.cumsum(ones, axis=-1)
-    return rows >= cols
-
-
-def and_causal_mask(attention_mask, query_length, key_length):
-    """`attention_mask` (or nothing) restricted to Keras' causal triangle.
-
-    Keras `MultiHeadAttention`'s causal-only fast path passes no mask and
-    `use_causal_mask=True`; with keys in front of the real ones the
-    triangle must be spelled out over the real keys first.
-
-    Args:
-        attention_mask: broadcastable to `[B, T, S]` (1 = attend), or `None`.
-        query_length, key_length: T and S.
-
-    Returns:
-        bool `[1, T, S]` when `attention_mask` is `None`, else its `and`
-        with the triangle.
-    """
-    causal = causal_mask(query_length, key_length)[None]
-    if attention_mask is None:
-        return causal
-    return tf.logical_and(tf.cast(attention_mask, tf.bool), causal)
-
-
-def repeat_heads(x, num_heads, axis=-2):
-    """Repeat each of `x`'s heads so there are `num_heads` (grouped queries).
-
-    Matches `ops.repeat(x, groups, axis)`: kv head `j` becomes heads
-    `j * groups .. (j + 1) * groups - 1`, as Llama expands its keys.
-    """
-    have = x.shape[axis]
-    if have == num_heads:
-        return x
-    if have is None or num_heads % have:
-        raise ValueError(
-            f"The prefix has {have} key/value heads, which cannot be spread over "
-            f"the layer's {num_heads} heads. The prefix must have "
-            "num_key_value_heads heads, a divisor of the attention's heads."
-        )
-    return tf.repeat(x, num_heads // have, axis=axis)
 
 
 def select_prompt_rows(values, rows):
@@ -433,155 +321,6 @@ def select_prompt_rows(values, rows):
         `[B, W, ...]`.
     """
     return _gather_rows_dense_gradient(values, tf.convert_to_tensor(rows))
-
-
-def prepend_attention_prefix(
-    key,
-    value,
-    attention_mask,
-    prefix_key,
-    prefix_value,
-    prefix_mask=None,
-    query_length=None,
-):
-    """Prepend learned keys/values to an attention's projected keys/values.
-
-    Every query sees every (unmasked) prefix position; the real keys keep
-    the mask they had. This is prefix tuning (Li and Liang, 2021) at the
-    point where all attention implementations agree: projected
-    `[B, S, heads, head_dim]` tensors, before the scores.
-
-    Args:
-        key, value: `[B, S, Hk, D]` projected keys and values (after RoPE).
-        attention_mask: `[B, T, S]` (bool, int or float; 1 = attend) or
-            `None` (everything attends; then `query_length` is needed).
-        prefix_key, prefix_value: `[W, Hp, D]` (shared by the batch) or
-            `[B, W, Hp, D]` (per example), with `Hk` a multiple of `Hp`
-            (grouped-query attention repeats the prefix's kv heads).
-        prefix_mask: optional bool `[B, W]`, False for unused slots.
-        query_length: T, when `attention_mask` is `None`.
-
-    Returns:
-        `(key, value, mask)`: `[B, W + S, Hk, D]` twice and `[B, T, W + S]`
-        in the incoming mask's dtype (bool when it was `None`).
-
-    Example:
-    >>> k = tf.zeros((1, 3, 2, 4)); pk = tf.ones((5, 1, 4))
-    >>> k2, v2, m2 = prepend_attention_prefix(k, k, None, pk, pk, query_length=3)
-    >>> k2.shape.as_list(), m2.shape.as_list()
-    ([1, 8, 2, 4], [1, 3, 8])
-    """
-    key = tf.convert_to_tensor(key)
-    value = tf.convert_to_tensor(value)
-    batch = tf.shape(key)[0]
-    prefix_key = repeat_heads(tf.cast(prefix_key, key.dtype), key.shape[2])
-    prefix_value = repeat_heads(tf.cast(prefix_value, value.dtype), value.shape[2])
-    if prefix_key.shape.rank == 3:
-        prefix_key = tf.broadcast_to(
-            prefix_key[None], tf.concat([[batch], tf.shape(prefix_key)], 0)
-        )
-        prefix_value = tf.broadcast_to(
-            prefix_value[None], tf.concat([[batch], tf.shape(prefix_value)], 0)
-        )
-    width = tf.shape(prefix_key)[1]
-    if attention_mask is None:
-        if query_length is None:
-            raise ValueError("`query_length` is needed when `attention_mask` is None.")
-        attention_mask = tf.ones(
-            tf.stack([batch, query_length, tf.shape(key)[1]]), tf.bool
-        )
-    attention_mask = tf.convert_to_tensor(attention_mask)
-    if attention_mask.shape.rank == 2:  # [T, S], shared by the batch
-        attention_mask = attention_mask[None]
-    # Masks arrive in any shape that broadcasts to [B, T, S] ([1, T, S] for a
-    # causal mask alone, [B, 1, S] for a key mask): broadcast first, so the
-    # prefix columns line up.
-    queries = tf.shape(attention_mask)[1] if query_length is None else query_length
-    attention_mask = tf.broadcast_to(
-        attention_mask, tf.stack([batch, queries, tf.shape(key)[1]])
-    )
-    if prefix_mask is None:
-        prefix_block = tf.ones(tf.stack([batch, queries, width]), attention_mask.dtype)
-    else:
-        prefix_block = tf.cast(
-            tf.broadcast_to(
-                tf.cast(prefix_mask, tf.bool)[:, None, :],
-                tf.stack([batch, queries, width]),
-            ),
-            attention_mask.dtype,
-        )
-    return (
-        tf.concat([prefix_key, key], axis=1),
-        tf.concat([prefix_value, value], axis=1),
-        tf.concat([prefix_block, attention_mask], axis=2),
-    )
-
-
-def mlp_reparameterization(embedding, w1, b1, w2, b2):
-    """Li and Liang's prefix MLP: `tanh(E W1 + b1) W2 + b2`, row by row.
-
-    Args:
-        embedding: `[P, E]`; w1 `[E, R]`; b1 `[R]`; w2 `[R, O]`; b2 `[O]`.
-
-    Returns:
-        `[P, O]`.
-    """
-    hidden = tf.tanh(tf.linalg.matmul(embedding, w1) + b1)
-    return tf.linalg.matmul(hidden, w2) + b2
-
-
-def prefix_attention_inputs(
-    query,
-    key,
-    value,
-    attention_mask,
-    prefix_key,
-    prefix_value,
-    use_causal_mask=False,
-):
-    """Keys, values and mask of a Keras `MultiHeadAttention` with a prefix.
-
-    What `_compute_attention(query, key, value, attention_mask)` of Keras 3's
-    and tf-keras' `MultiHeadAttention` receives, with `[P, heads, head_dim]`
-    prefix keys and values in front that every query sees
-    (`prepend_attention_prefix`). The mask may come in any shape that
-    broadcasts to `[B, T, S]`, as the layers build it: `[1, T, S]` for a
-    causal mask alone, `[B, T, 1]` for a query mask alone, `[B, 1, S]` for a
-    value mask alone; it is broadcast first, so the prefix columns line up.
-
-    Args:
-        query: `[B, T, heads, head_dim]` projected queries.
-        key, value: `[B, S, heads, head_dim]` projected keys and values.
-        attention_mask: broadcastable to `[B, T, S]` (1 = attend), or `None`.
-        prefix_key, prefix_value: `[P, heads, head_dim]`.
-        use_causal_mask: bool. Keras 3's causal-only fast path passes no
-            mask and this flag, for a fused kernel that would align the
-            causal triangle with the prefix; the triangle is built here over
-            the real keys instead (query `i` sees real keys `j <= i`).
-
-    Returns:
-        `(key, value, mask)`: `[B, P + S, heads, head_dim]` twice and
-        `[B, T, P + S]`.
-
-    Example:
-    >>> q = tf.zeros((2, 3, 2, 4)); pk = tf.ones((5, 2, 4))
-    >>> k2, v2, m2 = prefix_attention_inputs(q, q, q, None, pk, pk, True)
-    >>> m2.shape.as_list(), m2[0, 0].numpy().tolist()
-    ([2, 3, 8], [True, True, True, True, True, True, False, False])
-    """
-    query = tf.convert_to_tensor(query)
-    key = tf.convert_to_tensor(key)
-    query_length = tf.shape(query)[1]
-    if use_causal_mask:
-        attention_mask = and_causal_mask(attention_mask, query_length, tf.shape(key)[1])
-    return prepend_attention_prefix(
-        key,
-        value,
-        attention_mask,
-        prefix_key,
-        prefix_value,
-        query_length=query_length,
-    )
 
 
 def offset_positions(offsets, start_index, length):

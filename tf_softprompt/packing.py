@@ -29,6 +29,73 @@ import tensorflow as tf
 from tf_softprompt import ops
 
 
+def pack_destinations(mask):
+    """Where each position goes when a row is packed (valid positions first).
+
+    Valid positions keep their order and so do the padding positions, so
+    left padding, or padding in the middle of a row, becomes right padding.
+    Computed with cumulative sums, not a sort: under XLA a sort here made a
+    whole prompt-tuning train step about 15x slower on CPU.
+
+    Args:
+        mask: `[B, T]` bool tensor, `True` where the position is valid.
+
+    Returns:
+        `[B, T]` int32 tensor `dest`: position `t` of row `b` moves to
+        `dest[b, t]`. It is the inverse of `pack_permutation(mask)`.
+
+    Example:
+    >>> pack_destinations(tf.constant([[False, True, True]])).numpy().tolist()
+    [[2, 0, 1]]
+    """
+    valid = tf.cast(mask, tf.int32)
+    valid_before = tf.cumsum(valid, axis=1, exclusive=True)
+    padding_before = tf.cumsum(1 - valid, axis=1, exclusive=True)
+    num_valid = tf.reduce_sum(valid, axis=1, keepdims=True)
+    return tf.where(valid > 0, valid_before, num_valid + padding_before)
+
+
+def pack_permutation(mask):
+    """The per-row permutation that moves valid positions to the front.
+
+    Stable: valid positions keep their order and so do the padding
+    positions (see `pack_destinations`).
+
+    Args:
+        mask: `[B, T]` bool tensor, `True` where the position is valid.
+
+    Returns:
+        `[B, T]` int32 tensor `perm` such that
+        `tf.gather(x, perm, batch_dims=1)` packs a row.
+
+    Example:
+    >>> pack_permutation(tf.constant([[False, True, True]])).numpy().tolist()
+    [[1, 2, 0]]
+    """
+    return inverse_permutation(pack_destinations(mask))
+
+
+def inverse_permutation(perm):
+    """Inverse of a `[B, T]` batch of permutations (a scatter, not a sort).
+
+    Args:
+        perm: `[B, T]` int tensor; each row a permutation of `0..T-1`.
+
+    Returns:
+        `[B, T]` tensor `inv` of `perm`'s dtype with `inv[b, perm[b, t]] = t`.
+    """
+    perm = tf.convert_to_tensor(perm)
+    shape = tf.shape(perm, out_type=perm.dtype)
+    rows = tf.broadcast_to(tf.range(shape[0])[:, None], shape)
+    positions = tf.broadcast_to(tf.range(shape[1])[None], shape)
+    return tf.scatter_nd(tf.stack([rows, perm], axis=-1), positions, shape)
+
+
+def gather_rows(x, perm):
+    """Reorder `x` (`[B, T, ...]`) along axis 1 by a `[B, T]` permutation."""
+    return tf.gather(x, perm, batch_dims=1)
+
+
 class Layout:
     """Where each row's prompt slots sit in the packed, extended sequence.
 
@@ -107,10 +174,30 @@ class Extension:
         Undoes the packing, removes the W prompt slots and returns the rows
         in the caller's layout (left padding stays left).
         """
-        x = ops.gather_rows(x, self.extended_unpack)
+        x = gather_rows(x, self.extended_unpack)
         if self.width:
             x = tf.concat([x[:, : self.offset], x[:, self.offset + self.width :]], 1)
-        return ops.gather_rows(x, self.unpack)
+        return gather_rows(x, self.unpack)
+
+    def merge(self, extended, x):
+        """Put `x` (`[B, T, ...]`, the caller's layout) back into the text
+        positions of `extended` (`[B, W + T, ...]`), keeping its prompt
+        slots: the inverse of `restore` at the text positions.
+
+        Used where a caller may change the text's activations of an
+        extended run (`CausalLM.score`'s `layer_intercept_fn`).
+        """
+        x = gather_rows(tf.convert_to_tensor(x), self.perm)
+        if self.width:
+            x = ops.extend_sequence(x, self.width, self.offset)
+        x = gather_rows(x, self.extended_perm)
+        is_prompt = tf.reshape(
+            self.is_prompt,
+            tf.concat(
+                [tf.shape(self.is_prompt), tf.ones([x.shape.rank - 2], tf.int32)], 0
+            ),
+        )
+        return tf.where(is_prompt, tf.cast(extended, x.dtype), x)
 
     def strip_generated(self, x):
         """`[B, W + T]` generated rows -> `[B, T]`, prompt slots removed.
@@ -119,15 +206,15 @@ class Extension:
         preprocessor's right-padded output): the generated tokens fill what
         was padding.
         """
-        keep = ops.pack_permutation(tf.logical_not(self.is_prompt))
-        return ops.gather_rows(x, keep)[:, : self.length]
+        keep = pack_permutation(tf.logical_not(self.is_prompt))
+        return gather_rows(x, keep)[:, : self.length]
 
     def extend_companion(self, x, fill_value=0):
         """Pack and extend another `[B, T]` tensor (e.g. `target_ids`)."""
-        x = ops.gather_rows(tf.convert_to_tensor(x), self.perm)
+        x = gather_rows(tf.convert_to_tensor(x), self.perm)
         if self.width:
             x = ops.extend_sequence(x, self.width, self.offset, fill_value=fill_value)
-        return ops.gather_rows(x, self.extended_perm)
+        return gather_rows(x, self.extended_perm)
 
 
 def extend_inputs(inputs, prompt_ids=None, prompt_mask=None, offset=0):
@@ -176,34 +263,34 @@ def extend_inputs(inputs, prompt_ids=None, prompt_mask=None, offset=0):
         prompt_mask = tf.ones_like(prompt_ids, dtype=tf.bool)
     prompt_mask = tf.cast(prompt_mask, tf.bool)
 
-    unpack = ops.pack_destinations(mask)
-    perm = ops.inverse_permutation(unpack)
-    packed_mask = ops.gather_rows(mask, perm)
+    unpack = pack_destinations(mask)
+    perm = inverse_permutation(unpack)
+    packed_mask = gather_rows(mask, perm)
     extended_mask = ops.insert_along_sequence(packed_mask, prompt_mask, offset)
     is_prompt = ops.insert_along_sequence(
         tf.zeros_like(packed_mask), prompt_mask, offset
     )
-    extended_unpack = ops.pack_destinations(extended_mask)
-    extended_perm = ops.inverse_permutation(extended_unpack)
+    extended_unpack = pack_destinations(extended_mask)
+    extended_perm = inverse_permutation(extended_unpack)
     extended = {
         "token_ids": ops.insert_along_sequence(
-            ops.gather_rows(token_ids, perm), prompt_ids, offset
+            gather_rows(token_ids, perm), prompt_ids, offset
         ),
         "padding_mask": tf.cast(extended_mask, mask_dtype),
     }
     if inputs.get("segment_ids") is not None:
-        segment_ids = ops.gather_rows(tf.convert_to_tensor(inputs["segment_ids"]), perm)
+        segment_ids = gather_rows(tf.convert_to_tensor(inputs["segment_ids"]), perm)
         extended["segment_ids"] = ops.insert_along_sequence(
             segment_ids, tf.zeros_like(prompt_ids, segment_ids.dtype), offset
         )
-    extended = {k: ops.gather_rows(v, extended_perm) for k, v in extended.items()}
+    extended = {k: gather_rows(v, extended_perm) for k, v in extended.items()}
     extension = Extension(
         (perm, unpack),
         (extended_perm, extended_unpack),
         offset,
         width,
         length,
-        ops.gather_rows(is_prompt, extended_perm),
+        gather_rows(is_prompt, extended_perm),
     )
     valid = tf.reduce_sum(tf.cast(mask, tf.int32), axis=1)
     extension.layout = Layout(

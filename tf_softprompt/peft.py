@@ -404,7 +404,7 @@ def _key_value_dims(backbone):
     from tf_softprompt import hub, methods
 
     prefix = methods.get("past_prefix")
-    shape = prefix.prompt_shape(hub.adapter.model_dims(backbone, prefix), 1)
+    shape = prefix.prompt_shape(hub.inspection.inspect(backbone).dims, 1)
     return shape[3], shape[4]
 
 

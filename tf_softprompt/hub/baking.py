@@ -4,10 +4,11 @@ In a causal LM whose prompt comes first (forms 1 and 2 at offset 0) the
 prompt positions attend only to each other, so their keys and values in
 every self-attention are the same for every request. Baking computes them
 once per task: the task's virtual ids run alone through the frozen model
-(`PromptTuning.call_extended`) while each self-attention's keys (after
-RoPE) and values are recorded (`adapter.record_keys_values`). A prefix
-(form 3) already is keys and values: its rows are taken as they are (a
-reparameterised prefix's MLP output, collapsed).
+while each self-attention's keys (after RoPE) and values are recorded
+(`PromptTuning.keys_values`, the same computation a direct
+`call_with_cache` uses). A prefix (form 3) already is keys and values: its
+rows are taken as they are (a reparameterised prefix's MLP output,
+collapsed).
 
 Served, the baked keys and values enter every self-attention in front of
 the text, like a prefix (`PromptTuning.call(keys_values=...)`), and the text
@@ -31,11 +32,17 @@ handle.generate_step(
 import numpy as np
 
 from tf_softprompt import methods
-from tf_softprompt.hub import adapter
+from tf_softprompt.hub import inspection
 
 
 def why_not_baked(model, method, offset=0):
     """Why a prompt of `method` at `offset` cannot be baked for `model`.
+
+    Baking needs a causal LM (a prompt in front of the text then attends
+    only to itself), self-attention layers whose keys and values can be
+    supplied (`_compute_attention`), no sliding window (it would hide the
+    prompt from distant text positions, a prefix never), and a position
+    mechanism whose positions can be shifted per example.
 
     Args:
         model: a keras-hub Backbone or Task.
@@ -47,13 +54,31 @@ def why_not_baked(model, method, offset=0):
         export info).
     """
     method = methods.get(method)
-    if method.uses_virtual_ids and offset:
+    if method.sequence_slots(1) and offset:
         return (
             f"the prompt follows the first {offset} token(s) of each request "
             f"(offset={offset}, e.g. after a BOS token), which the request can "
             "change, so its keys and values are not the same for every request"
         )
-    return adapter.baking_obstacle(model)
+    if not inspection.is_causal_lm(model):
+        return (
+            f"`{type(model).__name__}` is not a causal LM: its prompt positions "
+            "attend to the text, so their keys and values differ per request"
+        )
+    structure = inspection.inspect(model)
+    if structure.attention_problem is not None:
+        return structure.attention_problem
+    if structure.sliding_window:
+        return (
+            "its sliding-window attention hides the prompt from text positions "
+            "beyond the window, which keys and values in front never are"
+        )
+    if not structure.shiftable_positions:
+        return (
+            "it has neither a keras-hub PositionEmbedding nor RotaryEmbedding, "
+            "so the text's positions cannot be started after the prompt"
+        )
+    return None
 
 
 def text_position_offsets(method, lengths):
@@ -68,7 +93,7 @@ def text_position_offsets(method, lengths):
         list of ints, one per task.
     """
     method = methods.get(method)
-    return [int(n) if method.adds_positions else 0 for n in lengths]
+    return [method.positions_before_text(n) for n in lengths]
 
 
 def bake_keys_values(handle, prompt_ids):
@@ -90,7 +115,7 @@ def bake_keys_values(handle, prompt_ids):
     reason = why_not_baked(handle.model, handle.method, handle.offset)
     if reason is not None:
         raise ValueError(f"This prompt cannot be baked: {reason}.")
-    values = None if handle.method.uses_virtual_ids else handle.prompt_values()
+    values = None if handle.method.sequence_slots(1) else handle.prompt_values()
     baked = []
     for ids in prompt_ids:
         ids = np.asarray(ids, np.int32).reshape(-1)
@@ -104,19 +129,14 @@ def bake_keys_values(handle, prompt_ids):
         if values is not None:
             baked.append(np.ascontiguousarray(values[:, :, rows], np.float32))
             continue
-        inputs = {"token_ids": ids[None], "padding_mask": np.ones_like(ids[None])}
-        baked.append(
-            adapter.record_keys_values(
-                handle.backbone, lambda inputs=inputs: handle.call_extended(inputs)
-            )
-        )
+        baked.append(handle.keys_values(ids))
     return baked
 
 
 def check_positions(handle, max_offset, length):
     """Raise unless text of `length` tokens starting at `max_offset` fits
     the model's absolute positions (GPT-2's `max_sequence_length`)."""
-    limit = getattr(handle.backbone, "max_sequence_length", None)
+    limit = handle.structure.max_sequence_length
     if limit is not None and max_offset + length > limit:
         raise ValueError(
             f"Baked, the text starts at position {max_offset} and holds {length} "

@@ -1,44 +1,30 @@
 """`PromptTuning`: the handle of a prompt-tuned keras-hub model."""
 
-import contextlib
-import threading
-
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_softprompt import artifact, initializers, methods, ops, packing
-from tf_softprompt.hub import adapter
+from tf_softprompt import artifact, ops
+from tf_softprompt.hub import calls, inspection
 
-HANDLE_ATTRIBUTE = "_tf_softprompt_handle"
-# Extra keys of a `generate()` / `generate_step()` inputs dict (see
-# `PromptTuning.generate_step`); "tasks" is resolved by `generate()` only.
-SELECTION_KEYS = ("prompt_ids", "prompt_mask", "position_offsets")
-
-
-class _CallState:
-    """What the running call selected: per-example prompt ids and mask, the
-    layout of the extended rows (read by the position hooks), precomputed
-    keys/values and per-example position offsets."""
-
-    def __init__(self):
-        self.selection = None  # (prompt_ids [B, W], prompt_mask [B, W])
-        self.layout = None
-        self.keys_values = None  # [L, 2, N, kv_heads, head_dim]
-        self.position_offsets = None  # int32 [B]
+# The version of the `"prompt_tuning"` entry of a model's config. A model
+# saved by this version must keep loading: `enable.restore` reads every
+# version up to this one.
+CONFIG_VERSION = 1
 
 
 class PromptTuning:
     """The handle of a keras-hub model with prompt tuning enabled.
 
     Made by `tf_softprompt.hub.enable_prompt_tuning`; reachable again with
-    `get_prompt_tuning(model)`. Callers never see virtual ids or prefix
-    positions: inputs are plain `[B, T]` token ids and outputs are
-    `[B, T, ...]`.
+    `get_prompt_tuning(model)`, also after `keras.saving.load_model`.
+    Callers never see virtual ids or prefix positions: inputs are plain
+    `[B, T]` token ids and outputs are `[B, T, ...]`.
 
     Attributes:
         model: the Backbone or Task it was enabled on.
         backbone: the model's backbone.
+        structure: the model's `inspection.ModelStructure`.
         method: the `tf_softprompt.methods.InjectionMethod`.
         table: the `PromptTable` layer holding the trained values.
         num_prompt_tokens: int, P.
@@ -47,6 +33,8 @@ class PromptTuning:
         dims: the model's `ModelDims`.
         vocab_size: int, V; virtual ids are `[V, V + P)`.
         hidden_dim: int, H.
+        initializer: str, how the prompt was initialised (artifacts record
+            it).
 
     Multi-task serving: the table can hold K tasks' prompts of up to Pmax
     tokens each (P = K * Pmax), and each example picks its own through
@@ -87,26 +75,36 @@ class PromptTuning:
     ```
     """
 
-    def __init__(self, model, backbone, method, num_prompt_tokens, offset, dims, table):
+    def __init__(
+        self,
+        model,
+        structure,
+        method,
+        num_prompt_tokens,
+        offset,
+        table,
+        initializer="uniform",
+    ):
         self.model = model
-        self.backbone = backbone
+        self.backbone = structure.backbone
+        self.structure = structure
         self.method = method
         self.num_prompt_tokens = int(num_prompt_tokens)
         self.offset = int(offset)
-        self.dims = dims
-        self.vocab_size = int(dims.vocab_size)
-        self.hidden_dim = int(dims.hidden_dim)
+        self.dims = structure.dims
+        self.vocab_size = int(self.dims.vocab_size)
+        self.hidden_dim = int(self.dims.hidden_dim)
         self.table = table
-        self._local = threading.local()
-        self._originals = {}
+        self.initializer = str(initializer)
+        self.installation = None
         self._fingerprint = None
         self._tasks = {}
 
-    # --- Public surface -------------------------------------------------
+    # --- The prompt -------------------------------------------------------------
 
     @property
     def prompt(self):
-        """The trainable float32 prompt variable (the method's shape).
+        """The trainable prompt variable (the method's shape).
 
         Raises:
             ValueError: for a reparameterised prefix, which has no direct
@@ -121,7 +119,7 @@ class PromptTuning:
 
     def prompt_values(self):
         """The effective prompt as a float32 numpy array."""
-        return keras.ops.convert_to_numpy(self.table.values())
+        return np.asarray(keras.ops.convert_to_numpy(self.table.values()), np.float32)
 
     def assign_prompt(self, values, arrays=None):
         """Set the prompt from an array of the method's shape."""
@@ -137,13 +135,15 @@ class PromptTuning:
         """The virtual ids `[V, V + P)` as a `[P]` int32 tensor."""
         return ops.virtual_token_ids(self.vocab_size, self.num_prompt_tokens)
 
+    def frozen_base(self):
+        """The `FrozenBase` view of the backbone (the prompt excluded)."""
+        return inspection.frozen_base(self.backbone, self.table.weights)
+
     @property
     def fingerprint(self):
         """The fingerprint of the frozen base this prompt belongs to."""
         if self._fingerprint is None:
-            self._fingerprint = self.method.fingerprint(
-                adapter.frozen_base(self.backbone, self.table.weights)
-            )
+            self._fingerprint = self.method.fingerprint(self.frozen_base())
         return self._fingerprint
 
     def save_prompt(self, path, task="default", **extra):
@@ -160,13 +160,13 @@ class PromptTuning:
         extra.setdefault("model_class", type(self.model).__name__)
         return artifact.save_artifact(
             path,
-            self.table.values(),
+            self.prompt_values(),
             method=self.method.name,
             dims_metadata=self.method.shape_metadata(self.dims),
             fingerprint_key=self.method.fingerprint_key,
             fingerprint=self.fingerprint,
             num_prompt_tokens=self.num_prompt_tokens,
-            initializer=initializers.describe(self.table.prompt_initializer),
+            initializer=self.initializer,
             task=task,
             offset=self.offset,
             arrays=self.table.extra_arrays(),
@@ -188,7 +188,8 @@ class PromptTuning:
             self.method.fingerprint_key,
             self.fingerprint,
         )
-        if self.method.uses_virtual_ids and loaded.metadata["offset"] != self.offset:
+        takes_slots = self.method.sequence_slots(self.num_prompt_tokens)
+        if takes_slots and loaded.metadata["offset"] != self.offset:
             raise ValueError(
                 f"The prompt in {path!r} was trained with offset="
                 f"{loaded.metadata['offset']}, but the model has offset="
@@ -197,6 +198,8 @@ class PromptTuning:
             )
         self.table.assign_values(loaded.values, loaded.arrays)
         return loaded.metadata
+
+    # --- Calls ----------------------------------------------------------------
 
     def extend_inputs(self, inputs, prompt_ids=None, prompt_mask=None):
         """Pack a batch and insert the prompt's virtual ids.
@@ -214,11 +217,13 @@ class PromptTuning:
             prompt_mask: optional bool `[B, W]`, False for unused slots.
 
         Returns:
-            `(extended_inputs, restore)`: the inputs for `call_extended` (or
-            `call_with_cache`), and a function mapping an extended
-            `[B, W + T, ...]` output back to `[B, T, ...]`.
+            `(extended_inputs, restore)`: the inputs for `call_extended`, and
+            a function mapping an extended `[B, W + T, ...]` output back to
+            `[B, T, ...]`.
         """
-        extended, extension, _ = self._extend(inputs, prompt_ids, prompt_mask)
+        with calls.request(self, prompt_ids, prompt_mask):
+            state = calls.current_request(self)
+            extended, extension, _ = calls.extend(self, state, inputs)
         return extended, extension.restore
 
     def call_extended(
@@ -230,20 +235,10 @@ class PromptTuning:
         `restore`). `prompt_ids`/`prompt_mask` select a prefix's rows, as
         for `extend_inputs`.
         """
-        layout = None
-        if self.method.replaces_position_sum:
-            layout = packing.Layout.from_token_ids(
-                extended_inputs["token_ids"],
-                extended_inputs["padding_mask"],
-                self.vocab_size,
+        with calls.request(self, prompt_ids, prompt_mask):
+            return calls.call_extended(
+                self, self.backbone, extended_inputs, training=training
             )
-        selection = self._checked_selection(
-            extended_inputs["token_ids"], prompt_ids, prompt_mask
-        )
-        if self.method.uses_virtual_ids:
-            selection = None  # the extended ids carry it
-        with self._using(selection=selection, layout=layout):
-            return self._originals["backbone.call"](extended_inputs, training=training)
 
     def call(
         self,
@@ -271,10 +266,8 @@ class PromptTuning:
             position_offsets: optional int `[B]`: example b's sequence starts
                 at position `position_offsets[b]` instead of 0.
         """
-        with self._using(
-            selection=(prompt_ids, prompt_mask),
-            keys_values=keys_values,
-            position_offsets=position_offsets,
+        with calls.request(
+            self, prompt_ids, prompt_mask, keys_values, position_offsets
         ):
             return self.model(inputs, training=training)
 
@@ -304,22 +297,52 @@ class PromptTuning:
             dict of `token_ids` and `padding_mask`, `[B, T]`, without virtual
             ids, rows left-aligned.
         """
-        if "generate_step" not in self._originals:
+        if not inspection.is_causal_lm(self.model):
             raise ValueError(
                 f"`generate_step` needs a CausalLM; prompt tuning was enabled "
                 f"on a `{type(self.model).__name__}`."
             )
-        with self._using(
-            selection=(prompt_ids, prompt_mask),
-            keys_values=keys_values,
-            position_offsets=position_offsets,
+        with calls.request(
+            self, prompt_ids, prompt_mask, keys_values, position_offsets
         ):
-            return self._generate_step(inputs, stop_token_ids)
+            return self.model.generate_step(inputs, stop_token_ids=stop_token_ids)
+
+    def keys_values(self, prompt_ids):
+        """The keys and values a prompt in front of the text has in every
+        self-attention, computed by running it alone through the frozen
+        model (forms 1 and 2; `tf_softprompt.hub.baking`).
+
+        Args:
+            prompt_ids: virtual ids `V + r`, the prompt's rows in order.
+
+        Returns:
+            float32 array `[L, 2, N, kv_heads, head_dim]`.
+        """
+        values = calls.keys_values_of(self, tf.constant(prompt_ids, tf.int32))
+        return np.asarray(keras.ops.convert_to_numpy(values), np.float32)
+
+    def base_keys_values(self, token_ids):
+        """The keys and values real tokens produce in every self-attention
+        of the base model, unprompted (a prefix's initial values).
+
+        Args:
+            token_ids: ints in `[0, V)`, one sequence.
+
+        Returns:
+            float32 array `[L, 2, N, kv_heads, head_dim]`.
+        """
+        values = calls.keys_values_of(
+            self, tf.constant(token_ids, tf.int32), plain=True
+        )
+        return np.asarray(keras.ops.convert_to_numpy(values), np.float32)
 
     # --- Named tasks (per-example prompts in `generate()`) -------------------
 
     def add_task(self, name, rows):
         """Name the prompt rows one task uses, for `generate({"tasks": ...})`.
+
+        Registered tasks are part of the model's config, so they survive
+        `model.save()` and `keras.saving.load_model()`.
 
         Args:
             name: str, the task's name.
@@ -379,345 +402,42 @@ class PromptTuning:
             mask[b, : len(rows)] = True
         return ids, mask
 
-    # --- Call state ---------------------------------------------------------
+    # --- The Keras way -----------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _using(
-        self, selection=None, layout=None, keys_values=None, position_offsets=None
-    ):
-        state = self._state()
-        previous = (
-            state.selection,
-            state.layout,
-            state.keys_values,
-            state.position_offsets,
-        )
-        if selection is not None:
-            state.selection = selection
-        if layout is not None:
-            state.layout = layout
-        if keys_values is not None:
-            keys_values = tf.convert_to_tensor(keys_values)
-            ops.check_prompt_shape(
-                keys_values,
-                methods.get("prefix").prompt_shape(
-                    self._attention_dims(), keys_values.shape[2]
-                ),
-                "keys_values",
-            )
-            state.keys_values = keys_values
-        if position_offsets is not None:
-            state.position_offsets = tf.cast(position_offsets, tf.int32)
-        try:
-            yield
-        finally:
-            (
-                state.selection,
-                state.layout,
-                state.keys_values,
-                state.position_offsets,
-            ) = previous
+    def get_config(self):
+        """The prompt-tuning state in a model's config (`"prompt_tuning"`).
 
-    def _attention_dims(self):
-        """The `ModelDims` with attention shapes (what keys_values must fit)."""
-        if self.dims.attention:
-            return self.dims
-        if getattr(self, "_kv_dims", None) is None:
-            self._kv_dims = adapter.model_dims(self.backbone, methods.get("prefix"))
-        return self._kv_dims
-
-    def _in_sequence(self):
-        """Whether the running call inserts virtual ids (forms 1 and 2,
-        unless precomputed keys/values stand in for the prompt)."""
-        return self.method.uses_virtual_ids and self._state().keys_values is None
-
-    def _attends(self):
-        """Whether the running call puts keys/values in front of the text."""
-        return self.method.attends or self._state().keys_values is not None
-
-    def _position_offsets(self, batch_size):
-        """Each example's first text position in the running call (`[B]`),
-        or `None` for 0: the call's `position_offsets`, else, for a prefix
-        that takes positions (`past_prefix`), its length per example."""
-        state = self._state()
-        if state.position_offsets is not None:
-            return state.position_offsets
-        if self.method.uses_virtual_ids or not self.method.adds_positions:
-            return None
-        prompt_ids, prompt_mask = state.selection or (None, None)
-        if prompt_mask is not None:
-            return tf.reduce_sum(tf.cast(prompt_mask, tf.int32), axis=1)
-        width = self.num_prompt_tokens
-        if prompt_ids is not None:
-            width = tf.shape(prompt_ids)[1]
-        return tf.fill(tf.reshape(batch_size, [1]), width)
-
-    def _split_selection(self, inputs):
-        """`(inputs, {selection kwargs for _using})` from an inputs dict that
-        may carry `SELECTION_KEYS`."""
-        if not isinstance(inputs, dict) or not set(inputs) & set(SELECTION_KEYS):
-            return inputs, {}
-        inputs = dict(inputs)
-        prompt_ids = inputs.pop("prompt_ids", None)
-        prompt_mask = inputs.pop("prompt_mask", None)
-        kwargs = {"position_offsets": inputs.pop("position_offsets", None)}
-        if prompt_ids is not None or prompt_mask is not None:
-            kwargs["selection"] = (prompt_ids, prompt_mask)
-        return inputs, kwargs
-
-    def _state(self):
-        state = getattr(self._local, "state", None)
-        if state is None:
-            state = self._local.state = _CallState()
-        return state
-
-    def _checked_selection(self, token_ids, prompt_ids=None, prompt_mask=None):
-        """`(prompt_ids, prompt_mask)` `[B, W]`, defaulting to all P ids.
-
-        For a prefix the default stays `(None, None)`: every example uses
-        the whole table, without a gather.
+        Holds what rebuilds the model's prompt tuning (the weights come with
+        the model's weights): the version, the method, P, the offset, the
+        reparameterisation, the named tasks, and how the prompt was
+        initialised (a record only: a rebuilt prompt starts at zero until
+        the weights are loaded).
         """
-        if prompt_ids is None and prompt_mask is None:
-            prompt_ids, prompt_mask = self._state().selection or (None, None)
-        if prompt_ids is None and prompt_mask is None and not self._in_sequence():
-            return None, None
-        keys_values = self._state().keys_values
-        rows = self.num_prompt_tokens if keys_values is None else keys_values.shape[2]
-        token_ids = tf.convert_to_tensor(token_ids)
-        if prompt_ids is None:
-            batch = tf.shape(token_ids)[0]
-            prompt_ids = tf.tile(
-                ops.virtual_token_ids(self.vocab_size, rows)[None],
-                tf.stack([batch, 1]),
-            )
-        else:
-            prompt_ids = ops.check_token_ids(
-                tf.convert_to_tensor(prompt_ids),
-                self.vocab_size,
-                rows,
-                "prompt_ids",
-            )
-        if prompt_ids.shape[1] is None:
-            raise ValueError(
-                "`prompt_ids` must have a static second dimension (the longest "
-                f"prompt). Received: shape={prompt_ids.shape}."
-            )
-        if prompt_mask is None:
-            prompt_mask = tf.ones_like(prompt_ids, dtype=tf.bool)
-        return prompt_ids, tf.cast(prompt_mask, tf.bool)
+        reparameterization = self.table.reparameterization
+        return {
+            "version": CONFIG_VERSION,
+            "method": self.method.name,
+            "num_prompt_tokens": self.num_prompt_tokens,
+            "offset": self.offset,
+            "reparameterization": None
+            if reparameterization is None
+            else {
+                "hidden_dim": reparameterization.hidden_dim,
+                "embedding_dim": reparameterization.embedding_dim,
+            },
+            "tasks": {name: list(rows) for name, rows in self._tasks.items()},
+            "initializer": self.initializer,
+        }
 
-    def _extend(self, inputs, prompt_ids=None, prompt_mask=None):
-        token_ids = tf.convert_to_tensor(inputs["token_ids"])
-        if not token_ids.dtype.is_integer:
-            token_ids = tf.cast(token_ids, "int32")
-        token_ids = ops.check_token_ids(token_ids, self.vocab_size, 0)
-        prompt_ids, prompt_mask = self._checked_selection(
-            token_ids, prompt_ids, prompt_mask
-        )
-        inputs = {**inputs, "token_ids": token_ids}
-        if self._in_sequence():
-            self._check_length(token_ids.shape[1], prompt_ids.shape[1])
-            extended, extension = packing.extend_inputs(
-                inputs, prompt_ids, prompt_mask, self.offset
-            )
-        else:
-            width = self.num_prompt_tokens if self.method.adds_positions else 0
-            self._check_length(token_ids.shape[1], width)
-            extended, extension = packing.extend_inputs(inputs)
-        return extended, extension, (prompt_ids, prompt_mask)
-
-    def _check_length(self, length, width):
-        limit = getattr(self.backbone, "max_sequence_length", None)
-        if limit is None or not isinstance(length, int):
-            return
-        total = length + width if self.method.adds_positions else length
-        if total > limit:
-            raise ValueError(
-                f"The prompted sequence is {total} positions long "
-                f"({length} tokens + {width} prompt tokens), but "
-                f"`{type(self.backbone).__name__}` has "
-                f"max_sequence_length={limit}. Shorten the inputs (e.g. the "
-                f"preprocessor's sequence_length) to at most {limit - width}."
-            )
-
-    # --- Hooks (patched in by `adapter.install`) ------------------------------
-
-    def _embed(self, inputs, reverse=False):
-        if reverse:
-            # Logits over the V real ids only, so no sampler emits a virtual id.
-            return self._originals["token_embedding.call"](inputs, reverse=True)
-        embedding = self.backbone.token_embedding
-        if not self.method.uses_virtual_ids:
-            return self._originals["token_embedding.call"](
-                ops.check_token_ids(inputs, self.vocab_size, 0)
-            )
-        token_ids = ops.check_token_ids(
-            tf.cast(inputs, "int32") if not inputs.dtype.is_integer else inputs,
-            self.vocab_size,
-            self.num_prompt_tokens,
-        )
-        outputs = self.method.lookup(
-            token_ids, embedding.embeddings, self.table.values()
-        )
-        return tf.cast(outputs, embedding.compute_dtype)
-
-    def _current_layout(self):
-        layout = self._state().layout
-        if layout is None:
-            raise ValueError(
-                f"method={self.method.name!r} needs the prompt layout of the "
-                "running call. Call the model, `score`, `generate`, or the "
-                "handle's `call`, `call_extended` or `generate_step`, not the "
-                "backbone's layers directly."
-            )
-        return layout
-
-    def _position_call(self, inputs, start_index=0, positions=None):
-        original = self._originals["position_embedding.call"]
-        offsets = self._position_offsets(tf.shape(inputs)[0])
-        prepend = self.method.replaces_position_sum
-        if positions is not None or (offsets is None and not prepend):
-            return original(inputs, start_index=start_index, positions=positions)
-        length = tf.shape(inputs)[-2]
-        if prepend:
-            positions, is_prompt = self.method.positions(
-                self._current_layout(), start_index, length
-            )
-            if offsets is not None:
-                positions = positions + offsets[:, None]
-        else:
-            positions = ops.offset_positions(offsets, start_index, length)
-        outputs = original(inputs, start_index=start_index, positions=positions)
-        return self.method.zero_at_prompt(outputs, is_prompt) if prepend else outputs
-
-    def _segment_call(self, inputs, *args, **kwargs):
-        outputs = self._originals["segment_embedding.call"](inputs, *args, **kwargs)
-        _, is_prompt = self.method.positions(
-            self._current_layout(), 0, tf.shape(inputs)[1]
-        )
-        return self.method.zero_at_prompt(outputs, is_prompt)
-
-    def _attention_inputs(self, index, key, value, attention_mask, query_length):
-        state = self._state()
-        prompt_ids, prompt_mask = state.selection or (None, None)
-        rows = None
-        if prompt_ids is not None:
-            rows = tf.cast(prompt_ids, tf.int32) - self.vocab_size
-        values = state.keys_values
-        if values is None:
-            values = self.table.values()
-        return methods.get("prefix").attention_inputs(
-            values,
-            index,
-            key,
-            value,
-            attention_mask,
-            rows=rows,
-            prefix_mask=prompt_mask,
-            query_length=query_length,
-        )
-
-    def _backbone_call(self, inputs, training=None, mask=None, **kwargs):
-        extended, extension, selection = self._extend(inputs)
-        with self._using(selection=selection, layout=extension.layout):
-            outputs = self._originals["backbone.call"](
-                extended, training=training, mask=mask, **kwargs
-            )
-
-        def restore(x):
-            if x.shape.rank is not None and x.shape.rank >= 3:
-                return extension.restore(x)
-            return x
-
-        return tf.nest.map_structure(restore, outputs)
-
-    def _generate_step(self, inputs, stop_token_ids=None):
-        inputs, requested = self._split_selection(inputs)
-        with self._using(**requested):
-            extended, extension, selection = self._extend(inputs)
-            with self._using(selection=selection, layout=extension.layout):
-                outputs = self._originals["generate_step"](
-                    extended, stop_token_ids=stop_token_ids
-                )
-        return {k: extension.strip_generated(v) for k, v in outputs.items()}
-
-    def _generate(self, inputs, *args, **kwargs):
-        """`CausalLM.generate`, also taking per-example prompts as extra keys
-        of an inputs dict (see the class docstring)."""
-        original = self._originals["generate"]
-        keys = {*SELECTION_KEYS, "tasks"}
-        if not isinstance(inputs, dict) or not set(inputs) & keys:
-            return original(inputs, *args, **kwargs)
-        inputs = dict(inputs)
-        tasks = inputs.pop("tasks", None)
-        selection = {k: inputs.pop(k) for k in SELECTION_KEYS if k in inputs}
-        if tasks is not None:
-            if "prompt_ids" in selection or "prompt_mask" in selection:
-                raise ValueError(
-                    "Pass either `tasks` or `prompt_ids`/`prompt_mask` to "
-                    "`generate`, not both."
-                )
-            ids, mask = self.task_selection(tasks)
-            selection.update(prompt_ids=ids, prompt_mask=mask)
-        model = self.model
-        if model.preprocessor is not None and set(inputs) == {"prompts"}:
-            inputs = inputs["prompts"]
-        batch = _static_batch(inputs)
-        for key, value in selection.items():
-            value = np.asarray(value)
-            if batch is not None and value.shape[:1] != (batch,):
-                raise ValueError(
-                    f"`{key}` must have one row per example ({batch}). "
-                    f"Received shape {list(value.shape)}."
-                )
-            selection[key] = tf.convert_to_tensor(
-                value.astype(bool) if key == "prompt_mask" else value.astype(np.int32)
-            )
-        compiled = model.make_generate_function()
-
-        def with_selection(x, stop_token_ids=None):
-            return compiled({**x, **selection}, stop_token_ids=stop_token_ids)
-
-        model.generate_function = with_selection
-        try:
-            return original(inputs, *args, **kwargs)
-        finally:
-            model.generate_function = compiled
-
-    def _score(self, token_ids, padding_mask=None, target_ids=None, **kwargs):
-        inputs = {"token_ids": token_ids, "padding_mask": padding_mask}
-        extended, extension, selection = self._extend(inputs)
-        if target_ids is not None:
-            target_ids = extension.extend_companion(target_ids)
-        with self._using(selection=selection, layout=extension.layout):
-            outputs = self._originals["score"](
-                extended["token_ids"],
-                padding_mask=extended["padding_mask"],
-                target_ids=target_ids,
-                **kwargs,
-            )
-        return extension.restore(outputs)
+    def disable(self):
+        """Take prompt tuning off the model: the base's classes, layers,
+        variables and trainable flags are as before enabling, and its
+        outputs bit-identical; prompt tuning can be enabled again. The
+        prompt's values are dropped with it (save them first with
+        `save_prompt`)."""
+        if self.installation is not None:
+            self.installation.remove()
+            self.installation = None
 
 
-def _static_batch(inputs):
-    if isinstance(inputs, str):
-        return 1  # `generate` adds the batch dimension
-    if isinstance(inputs, dict):
-        inputs = next(iter(inputs.values()), None)
-    shape = getattr(inputs, "shape", None)
-    if shape is not None:
-        return int(shape[0]) if len(shape) and shape[0] is not None else None
-    if isinstance(inputs, (list, tuple)):
-        return len(inputs)
-    return None
-
-
-def get_prompt_tuning(model):
-    """The `PromptTuning` handle of an enabled model, or `None`."""
-    handle = getattr(model, HANDLE_ATTRIBUTE, None)
-    if handle is None and adapter.is_hub_model(model):
-        handle = getattr(getattr(model, "backbone", None), HANDLE_ATTRIBUTE, None)
-    return handle
-
-
-__all__ = ["HANDLE_ATTRIBUTE", "SELECTION_KEYS", "PromptTuning", "get_prompt_tuning"]
+__all__ = ["CONFIG_VERSION", "PromptTuning"]

@@ -4,19 +4,20 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tf_softprompt import initializers, methods, ops
-from tf_softprompt.methods.prefix import KeyValueInitializer, Reparameterization
+from tf_softprompt import attention_ops, initializers, methods
+from tf_softprompt.methods.prefix import Reparameterization
 
 
 class PromptTable(keras.layers.Layer):
     """The trained values of one injection method, as a tracked layer.
 
     It only owns the weights; the computation lives in the method
-    (`tf_softprompt.methods`) and the handle. It never holds a base weight,
-    so making it trainable cannot unfreeze the base model. The weights are
-    float32 whatever the model's dtype policy, as Keras' `enable_lora` keeps
-    adapter weights; `values()` is cast to the compute dtype where it is
-    used.
+    (`tf_softprompt.methods`) and the hooks. It never holds a base weight,
+    so making it trainable cannot unfreeze the base model. It follows the
+    model's dtype policy (pass the backbone's as `dtype`): its weights take
+    the policy's variable dtype (float32 under `mixed_bfloat16` and
+    `mixed_float16`), and `values()` is cast to the compute dtype where it
+    is used.
 
     A weights file without this layer (a base preset) leaves the prompt
     unchanged when loaded: see `load_own_variables`.
@@ -56,7 +57,9 @@ class PromptTable(keras.layers.Layer):
         self.offset = int(offset)
         if isinstance(reparameterization, dict):
             reparameterization = Reparameterization(**reparameterization)
-        if reparameterization is not None and not methods.get(method).attends:
+        if reparameterization is not None and not isinstance(
+            methods.get(method), methods.PrefixMethod
+        ):
             raise ValueError(
                 "`reparameterization` is for a prefix method (Li and Liang's "
                 f"MLP). Received it with method={self.method!r}."
@@ -71,7 +74,6 @@ class PromptTable(keras.layers.Layer):
                 name="prompt",
                 shape=self.shape,
                 initializer=self.prompt_initializer,
-                dtype="float32",
                 trainable=True,
             )
         else:
@@ -88,43 +90,38 @@ class PromptTable(keras.layers.Layer):
                 name="reparameterization_embedding",
                 shape=(tokens, width),
                 initializer=self.embedding_initializer,
-                dtype="float32",
             ),
             "w1": self.add_weight(
                 name="reparameterization_w1",
                 shape=(width, config.hidden_dim),
                 initializer=glorot,
-                dtype="float32",
             ),
             "b1": self.add_weight(
                 name="reparameterization_b1",
                 shape=(config.hidden_dim,),
                 initializer="zeros",
-                dtype="float32",
             ),
             "w2": self.add_weight(
                 name="reparameterization_w2",
                 shape=(config.hidden_dim, outputs),
                 initializer=glorot,
-                dtype="float32",
             ),
             "b2": self.add_weight(
                 name="reparameterization_b2",
                 shape=(outputs,),
                 initializer="zeros",
-                dtype="float32",
             ),
         }
 
     def values(self):
-        """The effective float32 prompt tensor, of `shape`."""
+        """The effective prompt tensor, of `shape` (the variable dtype)."""
         if self.reparameterization is None:
             return self.prompt.value if hasattr(self.prompt, "value") else self.prompt
         w = {
             k: tf.convert_to_tensor(v)
             for k, v in self.reparameterization_weights.items()
         }
-        flat = ops.mlp_reparameterization(
+        flat = attention_ops.mlp_reparameterization(
             w["embedding"], w["w1"], w["b1"], w["w2"], w["b2"]
         )
         layers, two, tokens, heads, head_dim = self.shape
@@ -180,34 +177,24 @@ class PromptTable(keras.layers.Layer):
         super().load_own_variables(store)
 
     def get_config(self):
+        # The values come with the weights; a rebuilt table starts at zero
+        # (initialisers that read the model or its vocabulary are not
+        # rebuildable from a config).
+        zeros = initializers.serialize(keras.initializers.Zeros())
         config = super().get_config()
         config.update(
             {
                 "shape": list(self.shape),
                 "method": self.method,
                 "offset": self.offset,
-                "prompt_initializer": initializers.serialize(
-                    self.prompt_initializer, vocabulary_available=False
-                ),
+                "prompt_initializer": zeros,
                 "reparameterization": None
                 if self.reparameterization is None
                 else {
                     "hidden_dim": self.reparameterization.hidden_dim,
                     "embedding_dim": self.reparameterization.embedding_dim,
                 },
-                "embedding_initializer": initializers.serialize(
-                    self.embedding_initializer, vocabulary_available=False
-                ),
+                "embedding_initializer": zeros,
             }
         )
         return config
-
-
-def resolve_initializer(initializer, capture):
-    """A plain initialiser, running `capture(token_ids)` for a
-    `KeyValueInitializer` (whose values come from the model)."""
-    if isinstance(initializer, KeyValueInitializer):
-        return initializers.from_array(
-            capture(initializer.token_ids), description=initializer.description
-        )
-    return initializer

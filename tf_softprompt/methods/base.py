@@ -1,4 +1,18 @@
-"""The injection-method interface and the model dimensions it works with."""
+"""The injection-method interface and the model dimensions it works with.
+
+A method is behaviour, not flags: the shape it trains, where its prompt sits
+(how many sequence slots and positions it takes) and one hook per point of
+a model it can change, each with a default that changes nothing:
+
+- `embed`: the token embedding of ids that may name prompt rows;
+- `slot_positions` and `mask_slots`: the position (and segment) sum at the
+  prompt's slots;
+- `attention_inputs`: the keys, values and mask of each self-attention.
+
+The keras-hub hooks (`tf_softprompt.hub`) and the core layers
+(`tf_softprompt.layers`, `tf_softprompt.keras2`) call these hooks, so each
+piece of math exists once.
+"""
 
 import dataclasses
 
@@ -64,33 +78,23 @@ class FrozenBase:
 class InjectionMethod:
     """How a soft prompt enters a frozen model.
 
-    Subclasses set the class attributes and implement the shape and
-    fingerprint methods; each computation a method adds to a model is a
-    plain TensorFlow function over `tf_softprompt.ops`, called by the
-    keras-hub adapter or a core layer.
+    Subclasses set `name` (and `token_axis`, `fingerprint_key` where they
+    differ) and implement `prompt_shape` and `shape_metadata`; the hooks
+    below default to changing nothing, so a method overrides only the points
+    of the model it changes.
 
     Attributes:
-        name: str, recorded in artifacts and run records.
-        uses_virtual_ids: bool, the prompt occupies sequence slots addressed
-            by virtual ids `V + r` (forms 1 and 2); False for the prefix.
-        adds_positions: bool, the prompt takes positions in front of the
-            text, which count against the model's position limit (form 1,
-            and a `past_prefix`; form 2 and `prefix` give it none).
-        replaces_position_sum: bool, prompt vectors replace the token +
-            position (+ segment) sum at their slots (form 2).
-        attends: bool, the prompt enters every self-attention (form 3).
+        name: str, recorded in artifacts, run records and model configs.
         token_axis: int, the axis of the trained array that indexes prompt
             tokens; multi-task tables pad tasks along it.
         fingerprint_key: str, the artifact key of the base's fingerprint.
     """
 
     name = None
-    uses_virtual_ids = True
-    adds_positions = True
-    replaces_position_sum = False
-    attends = False
     token_axis = 0
     fingerprint_key = "vocab_fingerprint"
+
+    # --- shapes and identity ---------------------------------------------------
 
     def prompt_shape(self, dims, num_tokens):
         """The trained array's shape for `num_tokens` prompt tokens."""
@@ -107,6 +111,107 @@ class InjectionMethod:
     def num_tokens(self, shape):
         """P, read from an array shape."""
         return int(shape[self.token_axis])
+
+    # --- where the prompt sits ---------------------------------------------------
+
+    def sequence_slots(self, num_tokens):
+        """Slots the prompt takes in the token sequence (its virtual ids
+        `V + r` sit there); 0 for a prompt that is not in the sequence."""
+        return int(num_tokens)
+
+    def positions_before_text(self, num_tokens):
+        """Positions the prompt takes ahead of the text: where the text's
+        first token sits, and what counts against a position limit."""
+        return int(num_tokens)
+
+    def position_shift(self, num_tokens):
+        """Positions ahead of the text that no sequence slot holds: the
+        text's positions start this far in (a prefix of past positions)."""
+        return 0
+
+    def place(self, offset, default_offset):
+        """The offset the prompt goes to: `offset`, or `default_offset`
+        (where the model's structure puts it) when `offset` is `None`.
+
+        Raises:
+            ValueError: for an offset this method cannot take.
+        """
+        if offset is None:
+            return int(default_offset)
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise ValueError(
+                "`offset` must be a non-negative integer: 0 puts the prompt "
+                f"first, 1 after [CLS]/BOS. Received: offset={offset!r}"
+            )
+        return offset
+
+    def missing_structure(self, structure):
+        """Why a model cannot take this method, or `None` when it can.
+
+        Args:
+            structure: what the model offers (`tf_softprompt.hub.inspection.
+                ModelStructure`): its position layers and attention layers.
+        """
+        return None
+
+    # --- hooks at the points of a model ------------------------------------------
+
+    def embed(self, token_ids, vocabulary, prompt):
+        """`[B, T, H]` embeddings of ids that may name prompt rows (ids
+        `>= V`), or `None` when the method leaves the embedding alone.
+
+        Args:
+            token_ids: int `[B, T]` in `[0, V + P)` (checked by the caller).
+            vocabulary: `[V, H]` frozen matrix.
+            prompt: the prompt's values (the method's shape).
+        """
+        return None
+
+    def slot_positions(self, layout, start_index, length):
+        """Positions of `length` slots from `start_index` when the method
+        changes them, else `None`.
+
+        Returns:
+            `None`, or `(positions [B, N] int32, is_prompt [B, N] bool)`.
+        """
+        return None
+
+    def mask_slots(self, embedded, is_prompt):
+        """A position or segment embedding, `[B, N, H]` or `[N, H]`, as it
+        enters the embedding sum at prompt slots (`is_prompt [B, N]`)."""
+        return embedded
+
+    def attention_inputs(
+        self,
+        prompt,
+        layer_index,
+        key,
+        value,
+        attention_mask,
+        rows=None,
+        prefix_mask=None,
+        query_length=None,
+    ):
+        """One self-attention's keys, values and mask, as the method wants
+        them; unchanged by default.
+
+        Args:
+            prompt: the prompt's values.
+            layer_index: int, which self-attention layer this is.
+            key, value: `[B, S, heads, head_dim]` projected keys and values.
+            attention_mask: broadcastable to `[B, T, S]`, or `None`.
+            rows: optional int `[B, W]`: each example's prompt rows.
+            prefix_mask: optional bool `[B, W]`, False for unused rows.
+            query_length: T, when `attention_mask` is `None`.
+
+        Returns:
+            `(key, value, attention_mask)`.
+        """
+        return key, value, attention_mask
+
+    def changes_attention(self):
+        """Whether `attention_inputs` changes anything (a prefix)."""
+        return type(self).attention_inputs is not InjectionMethod.attention_inputs
 
     def describe(self):
         return self.name

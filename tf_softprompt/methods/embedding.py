@@ -16,6 +16,9 @@ from tf_softprompt.methods.base import InjectionMethod
 class EmbeddingMethod(InjectionMethod):
     """`method="embedding"`: trainable rows for virtual ids.
 
+    The prompt takes P sequence slots and P positions; only the embedding
+    hook changes.
+
     Example:
     ```python
     method = tf_softprompt.methods.get("embedding")
@@ -31,7 +34,7 @@ class EmbeddingMethod(InjectionMethod):
     def shape_metadata(self, dims):
         return {"hidden_dim": int(dims.hidden_dim), "vocab_size": int(dims.vocab_size)}
 
-    def lookup(self, token_ids, vocabulary, prompt):
+    def embed(self, token_ids, vocabulary, prompt):
         """`[B, T, H]` embeddings; ids `>= V` read the prompt.
 
         Args:

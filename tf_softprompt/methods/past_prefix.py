@@ -33,4 +33,20 @@ class PastPrefixMethod(PrefixMethod):
     """
 
     name = "past_prefix"
-    adds_positions = True
+
+    def positions_before_text(self, num_tokens):
+        return int(num_tokens)
+
+    def position_shift(self, num_tokens):
+        return int(num_tokens)
+
+    def missing_structure(self, structure):
+        problem = super().missing_structure(structure)
+        if problem is None and not structure.shiftable_positions:
+            problem = (
+                f"method={self.name!r} starts the text after the prefix's "
+                "positions, but the backbone has neither a keras-hub "
+                "PositionEmbedding nor RotaryEmbedding to shift. Use "
+                "method='prefix'."
+            )
+        return problem

@@ -3,7 +3,7 @@
 Each self-attention layer `l` gets P trainable keys and values,
 `prefix[l, 0]` and `prefix[l, 1]` (`[P, kv_heads, head_dim]`), prepended to
 the layer's projected keys and values; the attention mask is extended so
-that every query sees them (`tf_softprompt.ops.prepend_attention_prefix`).
+that every query sees them (`tf_softprompt.attention_ops.prepend_attention_prefix`).
 Real tokens keep their own positions (GPT-2's 0..T-1 and its position
 limit, RoPE untouched), and the feed-forward layers see no extra positions,
 so a step costs little more than the frozen model's.
@@ -23,8 +23,9 @@ Reference:
 import dataclasses
 
 import numpy as np
+import tensorflow as tf
 
-from tf_softprompt import artifact, ops
+from tf_softprompt import artifact, attention_ops, ops
 from tf_softprompt.methods.base import InjectionMethod
 
 
@@ -151,7 +152,8 @@ class PrefixMethod(InjectionMethod):
 
     The trained array is `[L, 2, P, kv_heads, head_dim]` (index 0 keys,
     1 values), `L` the number of self-attention layers. Multi-task tables
-    pad tasks along axis 2.
+    pad tasks along axis 2. The prefix takes no sequence slot and no
+    position: only the attention hook changes.
 
     Example:
     ```python
@@ -161,22 +163,19 @@ class PrefixMethod(InjectionMethod):
     """
 
     name = "prefix"
-    uses_virtual_ids = False
-    adds_positions = False
-    attends = True
     token_axis = 2
     fingerprint_key = "base_fingerprint"
 
     def prompt_shape(self, dims, num_tokens):
         if not dims.attention:
             raise ValueError(
-                "method='prefix' needs the model's self-attention layers; none "
-                "were found."
+                f"method={self.name!r} needs the model's self-attention layers; "
+                "none were found."
             )
         first = dims.attention[0]
         if any(a != first for a in dims.attention):
             raise ValueError(
-                "method='prefix' needs the same key/value shape in every "
+                f"method={self.name!r} needs the same key/value shape in every "
                 f"self-attention layer. Received per layer: {list(dims.attention)}."
             )
         return (
@@ -200,9 +199,26 @@ class PrefixMethod(InjectionMethod):
     def fingerprint(self, base):
         return artifact.weights_fingerprint(base.frozen_weights())
 
+    def sequence_slots(self, num_tokens):
+        return 0
+
+    def positions_before_text(self, num_tokens):
+        return 0
+
+    def place(self, offset, default_offset):
+        if offset not in (None, 0):
+            raise ValueError(
+                f"method={self.name!r} has no place in the sequence, so it takes "
+                f"no offset. Received: offset={offset!r}. Leave `offset` unset."
+            )
+        return 0
+
+    def missing_structure(self, structure):
+        return structure.attention_problem
+
     def attention_inputs(
         self,
-        prefix,
+        prompt,
         layer_index,
         key,
         value,
@@ -214,24 +230,24 @@ class PrefixMethod(InjectionMethod):
         """One layer's keys, values and mask with the prefix in front.
 
         Args:
-            prefix: `[L, 2, P, kv_heads, head_dim]` prefix values.
+            prompt: `[L, 2, P, kv_heads, head_dim]` prefix values.
             layer_index: int, which self-attention layer this is.
             key, value: `[B, S, heads, head_dim]` projected keys and values.
-            attention_mask: `[B, T, S]`, or `None`.
+            attention_mask: broadcastable to `[B, T, S]`, or `None`.
             rows: optional int `[B, W]`: each example's prefix rows (several
                 tasks' prefixes in one table); default all P for every row.
             prefix_mask: optional bool `[B, W]`, False for unused rows.
             query_length: T, when `attention_mask` is `None`.
 
         Returns:
-            `(key, value, mask)` as `ops.prepend_attention_prefix` returns.
+            `(key, value, mask)` as `attention_ops.prepend_attention_prefix` returns.
         """
-        prefix_key = prefix[layer_index, 0]
-        prefix_value = prefix[layer_index, 1]
+        prefix_key = prompt[layer_index, 0]
+        prefix_value = prompt[layer_index, 1]
         if rows is not None:
             prefix_key = ops.select_prompt_rows(prefix_key, rows)
             prefix_value = ops.select_prompt_rows(prefix_value, rows)
-        return ops.prepend_attention_prefix(
+        return attention_ops.prepend_attention_prefix(
             key,
             value,
             attention_mask,
@@ -240,3 +256,36 @@ class PrefixMethod(InjectionMethod):
             prefix_mask=prefix_mask,
             query_length=query_length,
         )
+
+
+def compute_attention_with(
+    compute_attention, change, query, key, value, attention_mask=None, *args, **kwargs
+):
+    """Call an attention's `_compute_attention` with changed keys/values.
+
+    Both the keras-hub hooks and the core `PrefixAttention` layers run their
+    attention through here, so the prefix enters every attention the same
+    way.
+
+    Args:
+        compute_attention: the attention's own `_compute_attention(query,
+            key, value, attention_mask, ...)`.
+        change: `(key, value, attention_mask, query_length) -> (key, value,
+            attention_mask)`, e.g. a method's `attention_inputs`.
+        query, key, value: `[B, T|S, heads, head_dim]` projected tensors.
+        attention_mask: broadcastable to `[B, T, S]`, or `None`.
+        *args, **kwargs: passed on. Keras `MultiHeadAttention`'s causal-only
+            fast path passes no mask and `use_causal_mask=True`, for a kernel
+            that would align the causal triangle with the keys in front; the
+            triangle is spelled out over the real keys here instead.
+
+    Returns:
+        What `compute_attention` returns.
+    """
+    query_length = tf.shape(query)[1]
+    if kwargs.pop("use_causal_mask", False):
+        attention_mask = attention_ops.and_causal_mask(
+            attention_mask, query_length, tf.shape(key)[1]
+        )
+    key, value, attention_mask = change(key, value, attention_mask, query_length)
+    return compute_attention(query, key, value, attention_mask, *args, **kwargs)

@@ -20,10 +20,10 @@ class PrependMethod(EmbeddingMethod):
 
     The slots are still addressed by virtual ids (so packing, multi-task
     tables and the exporter treat it like form 1); what differs is the
-    embedding sum. The keras-hub adapter makes the position embedding give
-    real tokens their unprompted positions and zero vectors at prompt slots
-    (`positions`, `zero_at_prompt`), so the unchanged sum at a slot is the
-    prompt vector alone.
+    embedding sum: the position embedding gives real tokens their
+    unprompted positions and zero vectors at prompt slots (`slot_positions`,
+    `mask_slots`), and so does a segment embedding, so the unchanged sum at
+    a slot is the prompt vector alone.
 
     Example:
     ```python
@@ -32,16 +32,26 @@ class PrependMethod(EmbeddingMethod):
     """
 
     name = "prepend"
-    adds_positions = False
-    replaces_position_sum = True
 
-    def positions(self, layout, start_index, length):
-        """`[B, N]` positions of `N` slots from `start_index`, and which are
-        prompt slots (`[B, N]` bool)."""
+    def positions_before_text(self, num_tokens):
+        return 0
+
+    def missing_structure(self, structure):
+        if structure.position_embedding is None or not structure.sums_embeddings:
+            return (
+                f"method={self.name!r} needs absolute position embeddings "
+                "(`position_embedding` and `embeddings_add`, as in GPT2 and "
+                "BERT). Use method='embedding' or 'prefix'."
+            )
+        return None
+
+    def slot_positions(self, layout, start_index, length):
+        """`[B, N]` positions of `N` slots from `start_index`: real tokens
+        keep their unprompted positions; and which are prompt slots."""
         index = tf.cast(start_index, tf.int32) + tf.range(length)
         return layout.unprompted_positions(index), layout.is_prompt(index)
 
-    def zero_at_prompt(self, embedded, is_prompt):
+    def mask_slots(self, embedded, is_prompt):
         """`embedded` (`[B, N, H]` or `[N, H]`) with zeros at prompt slots."""
         embedded = tf.convert_to_tensor(embedded)
         if embedded.shape.rank == 2:

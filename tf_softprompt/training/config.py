@@ -161,7 +161,7 @@ class ClassifierConfig:
                     f"`{name}` must be a positive integer. Received: {value!r}."
                 )
         if self.reparameterize is not None:
-            if not methods.get(self.method).attends:
+            if not isinstance(methods.get(self.method), methods.PrefixMethod):
                 raise ValueError(
                     "`reparameterize` is for method='prefix' (or 'past_prefix'). "
                     "Received it with "

@@ -79,7 +79,7 @@ def prompt_initializer(config, model, preprocessor, label_names):
     """
     vocabulary = _vocabulary(model)
     vocab_size = int(vocabulary.shape[0])
-    prefix = methods.get(config.method).attends
+    prefix = isinstance(methods.get(config.method), methods.PrefixMethod)
     if config.init == "uniform":
         return initializers.uniform(seed=config.seed)
     if config.init == "vocab":
@@ -108,7 +108,7 @@ def enable_prompt(model, config, preprocessor, label_names, offset=None):
 
     kwargs = {}
     offset = config.offset if offset is None else offset
-    if offset is not None and methods.get(config.method).uses_virtual_ids:
+    if offset is not None and methods.get(config.method).sequence_slots(1):
         kwargs["offset"] = offset
     if config.reparameterize:
         kwargs["reparameterization"] = {"hidden_dim": config.reparameterize}

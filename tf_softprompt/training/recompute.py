@@ -7,6 +7,7 @@ keras-hub knowledge and comes from `tf_softprompt.hub.transformer_layers`.
 
 import tensorflow as tf
 
+from tf_softprompt.hub import context
 from tf_softprompt.training.variables import SEED_STATE_SUFFIX, tf_variable
 
 
@@ -70,13 +71,21 @@ def _recomputed_call(layer):
         if not training or kwargs.get("return_attention_scores"):
             return original(inputs, *args, training=training, **kwargs)
         before = [tf.identity(s.read_value()) for s in seed_states]
+        # The prompted call's state (the prompt's values, computed once per
+        # forward outside this layer): the recomputation runs in it again,
+        # and the values are an input here, so their gradient flows.
+        state = context.current()
+        values = () if state is None or state.values is None else (state.values,)
 
-        def run(x):
-            return original(x, *args, training=training, **kwargs)
+        def run(x, values):
+            if not values:
+                return original(x, *args, training=training, **kwargs)
+            with context.scope(state.replace(values=values[0])):
+                return original(x, *args, training=training, **kwargs)
 
         @tf.custom_gradient
-        def forward(x):
-            y = run(x)
+        def forward(x, *values):
+            y = run(x, values)
 
             def gradient(dy, variables=None):
                 variables = list(variables or ())
@@ -86,21 +95,26 @@ def _recomputed_call(layer):
                 # exists, and keep every layer's activations alive again.
                 with tf.control_dependencies([dy]):
                     x_again = tf.identity(x)
+                    values_again = [tf.identity(v) for v in values]
                     after = [tf.identity(s.read_value()) for s in seed_states]
-                    for state, value in zip(seed_states, before):
-                        state.assign(value)
+                    for state_variable, value in zip(seed_states, before):
+                        state_variable.assign(value)
                 with tf.GradientTape() as tape:
-                    tape.watch(x_again)
+                    tape.watch([x_again, *values_again])
                     tape.watch(wanted)
-                    y_again = run(x_again)
-                grads = tape.gradient(y_again, [x_again] + wanted, output_gradients=dy)
-                for state, value in zip(seed_states, after):
-                    state.assign(value)
-                by_variable = dict(zip((id(v) for v in wanted), grads[1:]))
-                return grads[0], [by_variable.get(id(v)) for v in variables]
+                    y_again = run(x_again, values_again)
+                sources = [x_again, *values_again] + wanted
+                grads = tape.gradient(y_again, sources, output_gradients=dy)
+                for state_variable, value in zip(seed_states, after):
+                    state_variable.assign(value)
+                inputs_grads = grads[: 1 + len(values)]
+                by_variable = dict(
+                    zip((id(v) for v in wanted), grads[1 + len(values) :])
+                )
+                return inputs_grads, [by_variable.get(id(v)) for v in variables]
 
             return y, gradient
 
-        return forward(inputs)
+        return forward(inputs, *values)
 
     return call

@@ -203,7 +203,7 @@ def load_trained(out, precision="float32"):
             run["model_path"], run["num_classes"], run.get("dropout")
         )
     method = run.get("method", "embedding")
-    kwargs = {"offset": run["offset"]} if methods.get(method).uses_virtual_ids else {}
+    kwargs = {"offset": run["offset"]} if methods.get(method).sequence_slots(1) else {}
     if run.get("reparameterize"):
         kwargs["reparameterization"] = {"hidden_dim": run["reparameterize"]}
     with precision_lib.policy(precision):
@@ -290,7 +290,7 @@ def load_trained_causal_lm(out):
         )
     model, preprocessor = load_causal_lm(run)
     method = run.get("method", "embedding")
-    kwargs = {"offset": run["offset"]} if methods.get(method).uses_virtual_ids else {}
+    kwargs = {"offset": run["offset"]} if methods.get(method).sequence_slots(1) else {}
     handle = hub.enable_prompt_tuning(
         model, run["prompt_length"], method=method, **kwargs
     )
