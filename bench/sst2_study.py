@@ -48,8 +48,23 @@ VARIANTS = {
     "prefix-seed-1": ["--method", "prefix", "--seed", "1"],
     "prefix-bf16-seed-1": ["--method", "prefix", "--precision", "mixed_bfloat16"]
     + ["--seed", "1"],
+    # The head: the checkpoint's mean (the default) or BERT's pooler.
+    "prefix-pooler": ["--method", "prefix", "--pooling", "pooler"],
+    "prefix-pooler-no-base-dropout": ["--method", "prefix", "--pooling", "pooler"]
+    + ["--base-dropout", "0"],
+    "prefix-no-head-dropout": ["--method", "prefix", "--dropout", "0"],
+    "embedding-pooler": ["--method", "embedding", "--pooling", "pooler"],
+    "full": ["--full-fine-tuning"],
+    "full-lr-2e-5": ["--full-fine-tuning", "--full-learning-rate", "2e-5"],
 }
-KEYS = ("accuracy", "train_seconds", "steps", "trainable_parameters")
+KEYS = (
+    "accuracy",
+    "sentence_accuracy",
+    "train_seconds",
+    "steps",
+    "trainable_parameters",
+    "pooling",
+)
 
 
 def main():
@@ -71,7 +86,7 @@ def main():
             results[name] = {"error": done.stderr.strip().splitlines()[-1:]}
         else:
             record = json.loads(done.stdout.strip().splitlines()[-1])
-            results[name] = {k: record[k] for k in KEYS}
+            results[name] = {k: record.get(k) for k in KEYS}
         print(json.dumps({name: results[name]}), flush=True)
     print(json.dumps(results))
 

@@ -131,7 +131,12 @@ class Runner:
         backbone = self.handle.backbone
         inputs = model_inputs(backbone, token_ids, padding_mask)
         outputs = self.handle.call(inputs, prompt_ids, prompt_mask, training=False)
-        pooled = tf.cast(outputs["pooled_output"], tf.float32)
+        pooling = getattr(self.model, "pooling", None)
+        if pooling is None:
+            pooled = outputs["pooled_output"]
+        else:  # a PooledTextClassifier: the representation it was trained on
+            pooled = pooling(outputs, padding_mask)
+        pooled = tf.cast(pooled, tf.float32)
         kernels, biases = self.heads
         kernel = tf.gather(kernels, task_index)
         return tf.einsum("bh,bhc->bc", pooled, kernel) + tf.gather(biases, task_index)

@@ -116,7 +116,11 @@ def test_train_writes_prompt_head_checkpoints_logs_run_and_metrics(run, preset):
 
     record = read_json(os.path.join(out, "run.json"))
     assert record["model"] == record["model_path"] == preset
-    assert record["task_class"] == "BertTextClassifier"
+    assert record["task_class"] == "PooledTextClassifier"
+    assert (record["pooling"], record["normalize"]) == (
+        "pooler",
+        False,
+    )  # a keras-hub preset
     assert record["labels"] == ["bad", "good"]
     assert (record["sequence_length"], record["prompt_length"]) == (16, 3)
     assert record["offset"] == 1  # after [CLS], which the pooler reads

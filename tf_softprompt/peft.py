@@ -459,36 +459,53 @@ def prefix_values(adapter, num_layers, num_heads, head_dim):
 
 
 def _load_causal_lm(model_path):
-    import keras_hub
+    from tf_softprompt import checkpoints
 
-    return keras_hub.models.CausalLM.from_preset(model_path, preprocessor=None)
+    backbone = checkpoints.load_backbone(model_path)
+    return checkpoints.causal_lm_class(backbone)(backbone=backbone, preprocessor=None)
 
 
 def _load_classifier(adapter, model_path):
     from tf_softprompt.training import models
 
+    # PEFT's SEQ_CLS head reads BERT's pooler, whatever the checkpoint's
+    # sentence-transformers pooling says.
     return models.load_classifier(
-        model_path, int(adapter.tensors[HEAD_WEIGHT].shape[0])
+        model_path, int(adapter.tensors[HEAD_WEIGHT].shape[0]), pooling="pooler"
     )
+
+
+def _causal_lm_kind(model):
+    """The `CAUSAL_LMS` name `model` is an instance of, or `None`."""
+    import keras_hub
+
+    for name in CAUSAL_LMS:
+        if isinstance(model, getattr(keras_hub.models, name)):
+            return name
+    return None
 
 
 def check_model(adapter, model):
     """Refuse a keras-hub model whose forward is not PEFT's peer for the task.
 
-    SEQ_CLS needs a `BertTextClassifier` (pooler -> linear `classifier`, as
-    `BertForSequenceClassification`); CAUSAL_LM one of `CAUSAL_LMS`.
+    SEQ_CLS needs a BERT classifier reading the pooler (pooler -> linear
+    `classifier`, as `BertForSequenceClassification`); CAUSAL_LM one of
+    `CAUSAL_LMS` (or a subclass, e.g. `Llama3CausalLM`).
     """
     import keras_hub
 
     name = type(model).__name__
     if adapter.task_type == "SEQ_CLS":
-        if not isinstance(model, keras_hub.models.BertTextClassifier):
+        backbone = getattr(model, "backbone", None)
+        pooling = getattr(getattr(model, "pooling", None), "mode", "pooler")
+        is_bert = isinstance(backbone, keras_hub.models.BertBackbone)
+        if not is_bert or pooling != "pooler":
             raise PeftImportError(
                 "task_type='SEQ_CLS' adapters import into BERT classifiers "
                 "(pooler -> `classifier`, as BertForSequenceClassification); the "
                 f"base model is a `{name}`."
             )
-    elif name not in CAUSAL_LMS:
+    elif _causal_lm_kind(model) is None:
         reason = ""
         if "Gemma" in name:
             reason = (
@@ -735,7 +752,7 @@ def import_peft(
     else:
         record.update(
             kind=run_dir.CAUSAL_LM_KIND,
-            preprocessor={"add_start_token": CAUSAL_LMS[record["task_class"]]},
+            preprocessor={"add_start_token": CAUSAL_LMS[_causal_lm_kind(keras_model)]},
         )
 
     def write(directory):

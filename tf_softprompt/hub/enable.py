@@ -3,6 +3,9 @@ keras-hub Backbone or Task, and the way back."""
 
 import keras
 
+# Imported for their model classes, registered below.
+import tf_softprompt.checkpoints.keras_hub_fixes  # noqa: F401
+import tf_softprompt.classifier  # noqa: F401
 from tf_softprompt import initializers, methods
 from tf_softprompt.hub import inspection, model_classes
 from tf_softprompt.hub.handle import CONFIG_VERSION, PromptTuning
@@ -258,8 +261,9 @@ def restore(model, config):
         handle.add_task(name, rows)
 
 
-# Saved prompt-tuned models of every keras-hub class load once this module
-# is imported.
+# Saved prompt-tuned models of every keras-hub class (and of this package's
+# own classifier and corrected backbones, imported above) load once this
+# module is imported.
 model_classes.register_all(restore)
 
 

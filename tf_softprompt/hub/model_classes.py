@@ -199,17 +199,20 @@ def prompt_tuned_class(base, restore):
 
 
 def register_all(restore):
-    """Register the prompt-tuned class of every Backbone and Task class in
-    `keras_hub.models`, so their saved models load in a fresh process."""
-    for name in dir(keras_hub.models):
-        value = getattr(keras_hub.models, name)
-        if isinstance(value, type) and issubclass(
-            value, (keras_hub.models.Backbone, keras_hub.models.Task)
-        ):
-            try:
-                prompt_tuned_class(value, restore)
-            except TypeError:
-                continue
+    """Register the prompt-tuned class of every Backbone and Task class
+    defined so far (keras-hub's, and tf-softprompt's own in
+    `tf_softprompt.classifier` and `tf_softprompt.checkpoints`), so their
+    saved models load in a fresh process."""
+    pending = [keras_hub.models.Backbone, keras_hub.models.Task]
+    seen = set()
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if cls in seen or getattr(cls, "tf_softprompt_base", None) is not None:
+            continue
+        seen.add(cls)
+        if cls.__module__.startswith(("keras_hub.", "tf_softprompt.")):
+            prompt_tuned_class(cls, restore)
 
 
 class ModelClassHook:

@@ -16,8 +16,8 @@ config = from_arguments(parser.parse_args(["--out", "run", "--method", "prefix"]
 import argparse
 import dataclasses
 
+from tf_softprompt import classifier, methods
 from tf_softprompt import data as data_lib
-from tf_softprompt import methods
 
 INIT_CHOICES = ("uniform", "vocab", "label-words")
 PRECISIONS = ("float32", "mixed_bfloat16")
@@ -59,6 +59,8 @@ class ClassifierConfig:
         baseline: also train the head without a prompt.
         checkpoint_every: checkpoint every N steps (0: each epoch).
         dropout: the task head's dropout; `None` keeps the task default.
+        pooling: the representation the head reads (`classifier.MODES`);
+            `None`: the checkpoint's own (`checkpoints.default_pooling`).
         base_dropout: the frozen base's dropout rate; `None` keeps the
             preset's (0 turns it off: faster steps; see the README for what
             it does to accuracy).
@@ -123,6 +125,14 @@ class ClassifierConfig:
     baseline: bool = _field(True, "also train the head without a prompt")
     checkpoint_every: int = _field(0, "also checkpoint every N steps (0: each epoch)")
     dropout: float = _field(None, "the task head's dropout (default: the task's)")
+    pooling: str = _field(
+        None,
+        "the representation the head reads: mean, cls, max (over the text's "
+        "tokens) or pooler (BERT's pooler over [CLS]) (default: the "
+        "checkpoint's own: mean for sentence-transformers models such as the "
+        "packaged MiniLM, else pooler)",
+        choices=classifier.MODES,
+    )
     base_dropout: float = _field(
         None, "the frozen base's dropout (default: the preset's; 0 turns it off)"
     )
@@ -180,6 +190,11 @@ class ClassifierConfig:
             raise ValueError(
                 "`validation_split` must be in (0, 1). Received: "
                 f"{self.validation_split}."
+            )
+        if self.pooling is not None and self.pooling not in classifier.MODES:
+            raise ValueError(
+                f"Unknown pooling {self.pooling!r}. Use one of "
+                f"{list(classifier.MODES)}."
             )
         for name in ("dropout", "base_dropout"):
             value = getattr(self, name)

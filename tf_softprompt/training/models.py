@@ -2,14 +2,12 @@
 
 Example:
 ```python
-model = load_classifier(resolve_model(None), num_classes=2)
+model = load_classifier(resolve_model(None), num_classes=2)  # mean pooling
 handle = enable_prompt(model, config, preprocessor, ["negative", "positive"])
 ```
 """
 
-import os
-
-from tf_softprompt import initializers, methods
+from tf_softprompt import checkpoints, initializers, methods
 
 
 def packaged_model_dir():
@@ -27,22 +25,20 @@ def resolve_model(model):
     """
     if model is None:
         return packaged_model_dir()
-    if os.path.isdir(model):
-        return os.path.abspath(model)
-    return model
+    return checkpoints.resolve(model)
 
 
 def load_preprocessor(model_path, sequence_length):
-    """The task preprocessor of a preset, cutting texts to `sequence_length`."""
-    import keras_hub
-
-    return keras_hub.models.TextClassifierPreprocessor.from_preset(
-        model_path, sequence_length=sequence_length
-    )
+    """The task preprocessor of a preset or checkpoint directory, cutting
+    texts to `sequence_length` (`tf_softprompt.checkpoints`: a Hugging Face
+    directory tokenises as its own tokenizer does)."""
+    return checkpoints.load_classifier_preprocessor(model_path, sequence_length)
 
 
-def load_classifier(model_path, num_classes, dropout=None, base_dropout=None):
-    """A keras-hub `TextClassifier` over the preset, without preprocessor.
+def load_classifier(
+    model_path, num_classes, dropout=None, base_dropout=None, pooling=None, **kwargs
+):
+    """A `PooledTextClassifier` over the base, without preprocessor.
 
     The model takes the preprocessor's feature dict (`token_ids`,
     `padding_mask`, `segment_ids`) and returns `[B, num_classes]` logits.
@@ -52,14 +48,14 @@ def load_classifier(model_path, num_classes, dropout=None, base_dropout=None):
         num_classes: int.
         dropout: the head's dropout; `None` keeps the task default.
         base_dropout: the backbone's dropout; `None` keeps the preset's.
+        pooling: the representation the head reads (`classifier.MODES`);
+            `None`: the checkpoint's (`checkpoints.default_pooling`).
+        **kwargs: `normalize` (bool, or `None` for the checkpoint's).
     """
-    import keras_hub
-
     from tf_softprompt import hub
 
-    kwargs = {} if dropout is None else {"dropout": dropout}
-    model = keras_hub.models.TextClassifier.from_preset(
-        model_path, num_classes=num_classes, preprocessor=None, **kwargs
+    model = checkpoints.load_classifier(
+        model_path, num_classes, pooling=pooling, dropout=dropout, **kwargs
     )
     if base_dropout is not None:
         hub.set_dropout(model, base_dropout)

@@ -127,6 +127,8 @@ def run_record(config, model_path, model, handle, names, splits):
         "learning_rate": config.learning_rate,
         "dropout": config.dropout,
         "base_dropout": config.base_dropout,
+        "pooling": model.pooling.mode,
+        "normalize": model.pooling.normalize,
         "precision": config.precision,
     }
 
@@ -199,8 +201,13 @@ def load_trained(out, precision="float32"):
         )
     preprocessor = models.load_preprocessor(run["model_path"], run["sequence_length"])
     with precision_lib.policy(precision):
+        # Runs written before `pooling` was recorded read BERT's pooler.
         model = models.load_classifier(
-            run["model_path"], run["num_classes"], run.get("dropout")
+            run["model_path"],
+            run["num_classes"],
+            run.get("dropout"),
+            pooling=run.get("pooling", "pooler"),
+            normalize=run.get("normalize", False),
         )
     method = run.get("method", "embedding")
     kwargs = {"offset": run["offset"]} if methods.get(method).sequence_slots(1) else {}
@@ -232,30 +239,18 @@ class TrainedCausalLM:
     run: dict
 
 
-def _without_start_token(preprocessor):
-    """Make a `CausalLMPreprocessor` add no start token, also for generation.
-
-    keras-hub's `generate_preprocess` ignores `add_start_token` and always
-    packs with the packer's `start_value`, so the packer loses it too.
-    """
-    preprocessor.add_start_token = False
-    if not preprocessor.built:
-        preprocessor.build(None)
-    preprocessor.packer.start_value = None
-
-
 def load_causal_lm(run, sequence_length=None):
     """The run's base `CausalLM` and preprocessor, without a prompt.
 
-    The preprocessor takes the run record's `preprocessor` settings (e.g.
-    `add_start_token`) and cuts texts to `sequence_length` (default the
-    run's).
+    The base loads through `tf_softprompt.checkpoints` (a Hugging Face
+    directory as its own implementation computes it); the preprocessor
+    takes the run record's `preprocessor` settings (e.g. `add_start_token`)
+    and cuts texts to `sequence_length` (default the run's).
     """
-    import keras_hub
+    from tf_softprompt import checkpoints
 
-    preprocessor = keras_hub.models.CausalLMPreprocessor.from_preset(
-        run["model_path"], sequence_length=sequence_length or run["sequence_length"]
-    )
+    length = sequence_length or run["sequence_length"]
+    preprocessor = checkpoints.load_causal_lm_preprocessor(run["model_path"], length)
     for name, value in (run.get("preprocessor") or {}).items():
         if name != "add_start_token":
             raise ValueError(
@@ -263,11 +258,8 @@ def load_causal_lm(run, sequence_length=None):
                 "Known: ['add_start_token']."
             )
         if not value:
-            _without_start_token(preprocessor)
-    model = keras_hub.models.CausalLM.from_preset(
-        run["model_path"], preprocessor=preprocessor
-    )
-    return model, preprocessor
+            checkpoints.keras_hub_fixes.without_start_token(preprocessor)
+    return checkpoints.load_causal_lm(run["model_path"], length, preprocessor)
 
 
 def load_trained_causal_lm(out):

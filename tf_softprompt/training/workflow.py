@@ -111,7 +111,7 @@ def train_classifier(config, *, strategy=None, callbacks=(), verbose=1):
 
     def build_prompted():
         model = models.load_classifier(
-            model_path, len(names), config.dropout, config.base_dropout
+            model_path, len(names), config.dropout, config.base_dropout, config.pooling
         )
         handles.append(models.enable_prompt(model, config, preprocessor, names))
         return model
@@ -198,7 +198,11 @@ def _train_baseline(
 
     def build_frozen():
         model = models.load_classifier(
-            model_path, len(splits.labels), config.dropout, config.base_dropout
+            model_path,
+            len(splits.labels),
+            config.dropout,
+            config.base_dropout,
+            config.pooling,
         )
         model.backbone.trainable = False
         return model
