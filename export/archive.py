@@ -175,6 +175,30 @@ def _endpoint_function(archive, name):
     return getattr(holder, name)
 
 
+def _one_object_per_variable(archive):
+    """Make the archive's variable lists hold the `tf.Variable`s themselves.
+
+    Keras 3's `ExportArchive.track(model)` lists the model's Keras variables
+    (`variables`, `trainable_variables`, `non_trainable_variables`), and its
+    writer lists the `tf.Variable`s the endpoints read (`_all_variables`).
+    A Keras 3 variable is a trackable of its own that saves its value, so
+    every weight was written twice (`variables/N` and `_all_variables/N`)
+    and restored twice by TF Serving. Listing the `tf.Variable` behind each
+    Keras variable instead makes both lists name one object, saved once.
+    """
+    holder = getattr(archive, "_tf_trackable", archive)
+    for name in ("variables", "trainable_variables", "non_trainable_variables"):
+        listed = getattr(holder, name, None)
+        if listed is None:
+            continue
+        setattr(holder, name, [_tf_variable(v) for v in listed])
+
+
+def _tf_variable(variable):
+    value = getattr(variable, "value", None)
+    return value if isinstance(value, tf.Variable) else variable
+
+
 def _write_out(archive, path, options):
     if "verbose" in inspect.signature(archive.write_out).parameters:
         archive.write_out(path, options=options, verbose=False)
@@ -227,6 +251,7 @@ def write(
         "signatures": list(signatures),
         "function_aliases": {TPU_ALIAS: "predict_tokens"},
     }
+    _one_object_per_variable(archive)
     with layout.publish_version(base_dir, version) as tmp:
         _write_out(archive, tmp, options)
         layout.write_warmup_requests(

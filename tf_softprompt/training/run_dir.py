@@ -23,7 +23,6 @@ trained.predict(["a fine film"])  # [[p_negative, p_positive]]
 """
 
 import dataclasses
-import json
 import os
 
 import keras
@@ -32,35 +31,49 @@ import numpy as np
 from tf_softprompt import methods
 from tf_softprompt.fileio import atomic_write
 from tf_softprompt.training import evaluation, models
+from tf_softprompt.training.run_record import (
+    CAUSAL_LM_KIND,
+    CLASSIFIER_KIND,
+    HEAD_FILE,
+    PROMPT_FILE,
+    RUN_FILE,
+    RUN_FORMAT,
+    RunRecord,
+    read_json,
+    write_json,
+)
 
-RUN_FORMAT = "tf-softprompt-run/1"
-PROMPT_FILE = "prompt.npz"
-HEAD_FILE = "head.weights.npz"
-RUN_FILE = "run.json"
 METRICS_FILE = "metrics.json"
 CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"
-# `run.json` "kind" of a causal-LM run (e.g. `tf-softprompt import-peft` of a
-# CAUSAL_LM adapter); classifier runs carry no kind.
-CAUSAL_LM_KIND = "causal_lm"
 
 
-def write_json(path, obj):
-    """Write JSON atomically (temporary file, then rename)."""
-    payload = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
-    atomic_write(path, lambda f: f.write(payload))
+def read_run(out):
+    """The checked `RunRecord` of a run directory."""
+    return RunRecord.read(out)
 
 
-def read_json(path, what):
-    """Read a JSON file, explaining a missing one as a missing run."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"{path} does not exist: no {what} was found. Pass the --out "
-            "directory of a finished `tf-softprompt train` run."
-        ) from None
+def is_causal_lm_run(run):
+    """Whether a run record describes a causal-LM run (no head)."""
+    return run.get("kind") == CAUSAL_LM_KIND
+
+
+def prompt_path(out, run):
+    """The run's prompt artifact."""
+    return os.path.join(os.path.abspath(os.fspath(out)), run["prompt"])
+
+
+def head_arrays(out, run):
+    """The run's head as `{variable path: array}` (classifier runs).
+
+    Raises:
+        ValueError: for a causal-LM run, which has no head.
+    """
+    if is_causal_lm_run(run):
+        raise ValueError(f"{out} is a causal-LM run; it has no classifier head.")
+    path = os.path.join(os.path.abspath(os.fspath(out)), run["head"])
+    with np.load(path, allow_pickle=False) as saved:
+        return {key: saved[key] for key in saved.files}
 
 
 def _variable_id(variable):
@@ -100,37 +113,35 @@ def load_head(path, variables):
 
 
 def run_record(config, model_path, model, handle, names, splits):
-    """The `run.json` dict: everything needed to rebuild the tuned model."""
-    return {
-        "format": RUN_FORMAT,
-        "model": config.model or "default",
-        "model_path": model_path,
-        "task_class": type(model).__name__,
-        "backbone_class": type(getattr(model, "backbone", model)).__name__,
-        "labels": list(names),
-        "num_classes": len(names),
-        "sequence_length": config.sequence_length,
-        "method": handle.method.name,
-        "prompt_length": int(handle.num_prompt_tokens),
-        "offset": int(handle.offset),
-        "reparameterize": config.reparameterize,
-        "init": config.init,
-        "text_column": config.text_column,
-        "label_column": config.label_column,
-        "prompt": PROMPT_FILE,
-        "head": HEAD_FILE,
-        "head_variables": [v.path for v in head_variables(model, handle)],
-        "data": splits.source,
-        "seed": config.seed,
-        "epochs": config.epochs,
-        "batch_size": config.batch_size,
-        "learning_rate": config.learning_rate,
-        "dropout": config.dropout,
-        "base_dropout": config.base_dropout,
-        "pooling": model.pooling.mode,
-        "normalize": model.pooling.normalize,
-        "precision": config.precision,
-    }
+    """The `RunRecord` of a trained classifier: everything that rebuilds it."""
+    return RunRecord(
+        kind=CLASSIFIER_KIND,
+        model=config.model or "default",
+        model_path=model_path,
+        task_class=type(model).__name__,
+        backbone_class=type(getattr(model, "backbone", model)).__name__,
+        labels=list(names),
+        sequence_length=config.sequence_length,
+        method=handle.method.name,
+        prompt_length=int(handle.num_prompt_tokens),
+        offset=int(handle.offset),
+        pooling=model.pooling.mode,
+        normalize=model.pooling.normalize,
+        head_variables=[v.path for v in head_variables(model, handle)],
+        columns={"text": config.text_column, "label": config.label_column},
+        data=splits.source,
+        training={
+            "seed": config.seed,
+            "epochs": config.epochs,
+            "batch_size": config.batch_size,
+            "learning_rate": config.learning_rate,
+            "dropout": config.dropout,
+            "base_dropout": config.base_dropout,
+            "precision": config.precision,
+            "init": config.init,
+            "reparameterize": config.reparameterize,
+        },
+    )
 
 
 @dataclasses.dataclass
@@ -158,23 +169,6 @@ class TrainedClassifier:
         return evaluation.predict_probabilities(
             self.model, self.preprocessor, texts, batch_size
         )
-
-
-def read_run(out):
-    """The checked `run.json` of a run directory."""
-    out = os.path.abspath(out)
-    run = read_json(os.path.join(out, RUN_FILE), "run record (run.json)")
-    if run.get("format") != RUN_FORMAT:
-        raise ValueError(
-            f"{out}/{RUN_FILE} is not a {RUN_FORMAT} record. Received format="
-            f"{run.get('format')!r}."
-        )
-    return run
-
-
-def is_causal_lm_run(run):
-    """Whether a `run.json` dict describes a causal-LM run (no head)."""
-    return run.get("kind") == CAUSAL_LM_KIND
 
 
 def load_trained(out, precision="float32"):
@@ -217,7 +211,7 @@ def load_trained(out, precision="float32"):
         handle = hub.enable_prompt_tuning(
             model, run["prompt_length"], method=method, **kwargs
         )
-    handle.load_prompt(os.path.join(out, run["prompt"]))
+    handle.load_prompt(prompt_path(out, run))
     load_head(os.path.join(out, run["head"]), head_variables(model, handle))
     return TrainedClassifier(model, preprocessor, handle, run)
 
@@ -288,3 +282,32 @@ def load_trained_causal_lm(out):
     )
     handle.load_prompt(os.path.join(out, run["prompt"]))
     return TrainedCausalLM(model, preprocessor, handle, run)
+
+
+__all__ = [
+    "CAUSAL_LM_KIND",
+    "CHECKPOINT_DIR",
+    "CLASSIFIER_KIND",
+    "HEAD_FILE",
+    "LOG_DIR",
+    "METRICS_FILE",
+    "PROMPT_FILE",
+    "RUN_FILE",
+    "RUN_FORMAT",
+    "RunRecord",
+    "TrainedCausalLM",
+    "TrainedClassifier",
+    "head_arrays",
+    "head_variables",
+    "is_causal_lm_run",
+    "load_causal_lm",
+    "load_head",
+    "load_trained",
+    "load_trained_causal_lm",
+    "prompt_path",
+    "read_json",
+    "read_run",
+    "run_record",
+    "save_head",
+    "write_json",
+]

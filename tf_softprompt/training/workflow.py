@@ -168,10 +168,7 @@ def train_classifier(config, *, strategy=None, callbacks=(), verbose=1):
         run_dir.save_head(
             os.path.join(out, run_dir.HEAD_FILE), run_dir.head_variables(model, handle)
         )
-        run_dir.write_json(
-            os.path.join(out, run_dir.RUN_FILE),
-            run_dir.run_record(config, model_path, model, handle, names, splits),
-        )
+        run_dir.run_record(config, model_path, model, handle, names, splits).write(out)
     if config.baseline:
         metrics.update(
             _train_baseline(
