@@ -30,17 +30,23 @@ raw milliseconds,
 - `ensemble_latency_ratio_b1`, `ensemble_latency_ratio_b8`: a request for
   the K = 5 ensemble / the same request for one member task, same export
   (the naive cost is K; one pass of K rows should do better, mostly at
-  batch 1), and `ensemble_latency_ratio` = the larger.
+  batch 1), and `ensemble_latency_ratio` = the larger;
+- `export_size_ratio_<kind>` and `loaded_rss_ratio_<kind>` for the export
+  kinds of `bench/export_storage.py` (what a SavedModel stores, and what a
+  process holds after loading it, against the base's weights once; targets
+  <= 1.02 and <= 1.05).
 
 Usage:
     python bench/serving.py [--repeats 30] [--out DIR]
         [--length 128] [--prompt-length 20] [--members 5]
+        [--storage {with,only,without}]
 """
 
 import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 
@@ -182,7 +188,24 @@ def main():
     parser.add_argument(
         "--members", type=int, default=MEMBERS, help="K, the ensemble's prompts"
     )
+    parser.add_argument(
+        "--storage",
+        choices=("with", "only", "without"),
+        default="with",
+        help="also (or only) measure what each export kind stores and holds "
+        "loaded (bench/export_storage.py)",
+    )
     args = parser.parse_args()
+    storage = {}
+    if args.storage != "without":
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import export_storage  # noqa: PLC0415 (bench/export_storage.py)
+
+        with tempfile.TemporaryDirectory() as tmp:
+            storage = export_storage.figures(export_storage.export_kinds(tmp))
+        if args.storage == "only":
+            print(json.dumps(storage))
+            return
     settings = {"length": args.length, "prompt_length": args.prompt_length}
     settings["members"] = args.members
     with tempfile.TemporaryDirectory() as tmp:
@@ -209,6 +232,7 @@ def main():
         "ensemble_members": args.members,
         "repeats": args.repeats,
         **ratios,
+        **storage,
         "mixed_task_throughput_ratio": round(
             ms["multi_single_b32"] / ms["multi_mixed_b32"], 4
         ),
@@ -217,6 +241,8 @@ def main():
             "latency_ratio_prefix": "<= 1.05",
             "mixed_task_throughput_ratio": ">= 0.95",
             "ensemble_latency_ratio": f"reported; naive cost {args.members}",
+            "export_size_ratio": "<= 1.02",
+            "loaded_rss_ratio": "<= 1.05",
         },
     }
     print(json.dumps(result))

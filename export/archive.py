@@ -1,7 +1,12 @@
-"""One archive writer and one endpoint builder for every export kind.
+"""One archive writer for every export kind.
 
-Each exporter (classifiers in `classifier`, causal LMs in `causal_lm`)
-supplies a *stages* object with three named stages:
+Each model family's exporter (classifiers in `classifier`, causal LMs in
+`causal_lm`) builds a `Servable`: what it runs (a *stages* object), which
+tasks it names, what the archive tracks and its part of the export info.
+`write(servable, ...)` owns the rest: the version check, the endpoints, the
+warmup requests, the info file and the atomic write.
+
+A stages object has three named stages:
 
 - `encode(text [B]) -> (token_ids [B, T] int32, padding_mask [B, T] bool)`:
   the string ops, on CPU;
@@ -20,12 +25,13 @@ version directory published atomically (`layout`).
 
 Example:
 ```python
-signatures = endpoints(stages, text_length=28, table=table)
-write([model, tokenizer], "models/demo", 1, signatures, warmup, info)
+servable = Servable(stages, text_length=28, table=table, tracked=[model], info={})
+write(servable, "models/demo", 1)
 ```
 """
 
 import contextlib
+import dataclasses
 import inspect
 import io
 import json
@@ -39,6 +45,38 @@ from tf_softprompt.export import layout
 TPU_ALIAS = "tpu_func"
 INFO_FILE = os.path.join("assets.extra", "tf_softprompt.json")
 SIGNATURES = ("serving_default", "predict_tokens")
+
+
+@dataclasses.dataclass
+class Servable:
+    """What one export serves.
+
+    Attributes:
+        stages: an object with `encode`, `run` and `present` (see above).
+        text_length: int T, the static token positions of `predict_tokens`.
+        table: what names the served tasks (`tasks`, `task_index`,
+            `check_task_id`), or `None` for one unnamed task.
+        tracked: objects the archive tracks (models, tokenizers: what owns
+            lookup tables); the weights saved are the ones the endpoints
+            read.
+        info: the family's part of `assets.extra/tf_softprompt.json`.
+        extra: `{signature: stages}` of more token signatures built like
+            `predict_tokens` (e.g. a causal LM's `score_tokens`).
+        keras2: bool, the models are tf-keras models.
+        warmup_texts: texts for the warmup requests.
+        around_write: optional context-manager factory entered while the
+            archive traces and writes (e.g. a causal LM's sampler).
+    """
+
+    stages: object
+    text_length: int
+    table: object
+    tracked: list
+    info: dict
+    extra: dict = dataclasses.field(default_factory=dict)
+    keras2: bool = False
+    warmup_texts: tuple = ("a warmup request", "")
+    around_write: object = None
 
 
 def is_multi_task(table):
@@ -176,27 +214,23 @@ def _endpoint_function(archive, name):
 
 
 def _one_object_per_variable(archive):
-    """Make the archive's variable lists hold the `tf.Variable`s themselves.
+    """Leave the weights to the variables the endpoints read.
 
-    Keras 3's `ExportArchive.track(model)` lists the model's Keras variables
-    (`variables`, `trainable_variables`, `non_trainable_variables`), and its
-    writer lists the `tf.Variable`s the endpoints read (`_all_variables`).
-    A Keras 3 variable is a trackable of its own that saves its value, so
-    every weight was written twice (`variables/N` and `_all_variables/N`)
-    and restored twice by TF Serving. Listing the `tf.Variable` behind each
-    Keras variable instead makes both lists name one object, saved once.
+    `ExportArchive.track(model)` lists the model's variables (`variables`,
+    `trainable_variables`, `non_trainable_variables`), and the writer lists
+    the `tf.Variable`s the endpoints read (`_all_variables`). A Keras 3
+    variable is a trackable of its own that saves its value, so every
+    weight was written twice (`variables/N` and `_all_variables/N`) and
+    restored twice by TF Serving, and weights no endpoint reads (a prompt
+    table whose keys and values were baked) were written too. With the
+    first three lists empty, each weight an endpoint reads is saved once
+    and nothing else is. (`track` still finds the lookup tables a
+    tokenizer owns.)
     """
     holder = getattr(archive, "_tf_trackable", archive)
     for name in ("variables", "trainable_variables", "non_trainable_variables"):
-        listed = getattr(holder, name, None)
-        if listed is None:
-            continue
-        setattr(holder, name, [_tf_variable(v) for v in listed])
-
-
-def _tf_variable(variable):
-    value = getattr(variable, "value", None)
-    return value if isinstance(value, tf.Variable) else variable
+        if getattr(holder, name, None) is not None:
+            setattr(holder, name, [])
 
 
 def _write_out(archive, path, options):
@@ -207,27 +241,17 @@ def _write_out(archive, path, options):
             archive.write_out(path, options=options)
 
 
-def write(
-    tracked,
-    base_dir,
-    version,
-    signatures,
-    warmup,
-    info,
-    *,
-    keras2=False,
-    model_name=None,
-):
-    """Save the endpoints as `BASE/<version>`, atomically.
+def write(servable, base_dir, version, model_name=None):
+    """Save a `Servable` as `BASE/<version>`, atomically.
+
+    Builds `serving_default` and `predict_tokens` (and `servable.extra`),
+    the warmup requests for each, and the export info, and writes them with
+    Keras' `ExportArchive` into a hidden directory renamed into place.
 
     Args:
-        tracked: objects the archive tracks (models, tokenizers, ...).
+        servable: the `Servable`.
         base_dir: the model's TF Serving base path.
         version: positive int; `BASE/<version>` must not exist.
-        signatures: `{name: (fn, input_signature)}` from `endpoints`.
-        warmup: `{signature: {input: array}}` from `warmup_inputs`.
-        info: dict written to `assets.extra/tf_softprompt.json`.
-        keras2: bool, use tf-keras's `ExportArchive` (tf-keras models).
         model_name: the name in warmup requests (default: the base dir name).
 
     Returns:
@@ -235,7 +259,30 @@ def write(
     """
     base_dir = os.fspath(base_dir)
     target = layout.check_new_version(base_dir, version)
-    archive = _archive_class(keras2)()
+    around = servable.around_write or contextlib.nullcontext
+    with around():
+        _write(servable, base_dir, version, model_name)
+    return target
+
+
+def _write(servable, base_dir, version, model_name):
+    stages, table = servable.stages, servable.table
+    signatures = endpoints(stages, servable.text_length, table)
+    # Encoding the warmup texts eagerly also builds a keras-hub tokenizer,
+    # which the archive must track (it may own lookup tables).
+    warmup = warmup_inputs(stages.encode, servable.warmup_texts, table)
+    for name, extra in servable.extra.items():
+        function, signature = endpoints(extra, servable.text_length, table)[
+            "predict_tokens"
+        ]
+        function.__name__ = name  # a fresh closure: names its traced function
+        signatures[name] = (function, signature)
+        warmup[name] = warmup["predict_tokens"]
+    archive = _archive_class(servable.keras2)()
+    tracked = list(servable.tracked)
+    tokenizer = getattr(stages, "tokenizer", None)
+    if getattr(tokenizer, "built", False) and all(t is not tokenizer for t in tracked):
+        tracked.append(tokenizer)
     for obj in tracked:
         archive.track(obj)
     for name, (fn, signature) in signatures.items():
@@ -247,7 +294,7 @@ def write(
     info = {
         "format": "tf-softprompt-export/1",
         "compute_dtype": getattr(policy, "compute_dtype", None),
-        **info,
+        **servable.info,
         "signatures": list(signatures),
         "function_aliases": {TPU_ALIAS: "predict_tokens"},
     }
@@ -257,9 +304,8 @@ def write(
         layout.write_warmup_requests(
             tmp, model_name or os.path.basename(os.path.abspath(base_dir)), warmup
         )
-        with open(os.path.join(tmp, INFO_FILE), "w") as f:
-            json.dump(info, f, indent=2)
-    return target
+        with open(os.path.join(tmp, INFO_FILE), "w", encoding="utf-8") as f:
+            json.dump(info, f, indent=2, ensure_ascii=False)
 
 
 def read_info(export_dir):

@@ -39,6 +39,7 @@ export_causal_lm(lm, "models/writer", 1, sequence_length=64)
 ```
 """
 
+import contextlib
 import os
 
 import tensorflow as tf
@@ -242,12 +243,12 @@ def export_causal_lm(
         handle, table = hub_models.prompt_table(model, prompts, task, offset)
         if prompts is not None:
             handle = hub_models.fit(model, handle, table)
-    reserved = table.max_length if table is not None and table.takes_positions else 0
-    length = int(sequence_length) - reserved
+    slots = table.sequence_slots if table is not None else 0
+    length = int(sequence_length) - slots
     if length < 2:
         raise ValueError(
             f"sequence_length={sequence_length} leaves {length} positions after "
-            f"the {reserved} prompt positions; at least 2 are needed "
+            f"the {slots} prompt positions; at least 2 are needed "
             "(a start token and one generated token)."
         )
     plan, keys_values = None, None
@@ -259,14 +260,6 @@ def export_causal_lm(
     stages = GenerationStages(
         model, handle, table, preprocessor, length, plan, keys_values
     )
-    warmup = archive.warmup_inputs(stages.encode, warmup_texts, table)
-    signatures = archive.endpoints(stages, length, table)
-    score, score_signature = archive.endpoints(_ScoreStages(stages), length, table)[
-        "predict_tokens"
-    ]
-    score.__name__ = SCORE_SIGNATURE  # a fresh closure: names its traced function
-    signatures[SCORE_SIGNATURE] = (score, score_signature)
-    warmup[SCORE_SIGNATURE] = warmup["predict_tokens"]
     info = {
         "kind": "causal_lm",
         **archive.table_info(table),
@@ -286,21 +279,28 @@ def export_causal_lm(
             "truncated"
         ),
     }
-    tracked = [model, preprocessor] + ([keys_values] if keys_values is not None else [])
-    previous = model.sampler
-    model.sampler = keras_hub.samplers.get(sampler)
-    try:
-        return archive.write(
-            tracked,
-            base_dir,
-            version,
-            signatures,
-            warmup,
-            info,
-            model_name=model_name,
-        )
-    finally:
-        model.sampler = previous
+
+    @contextlib.contextmanager
+    def with_sampler():
+        previous = model.sampler
+        model.sampler = keras_hub.samplers.get(sampler)
+        try:
+            yield
+        finally:
+            model.sampler = previous
+
+    servable = archive.Servable(
+        stages=stages,
+        text_length=length,
+        table=table,
+        tracked=[model, preprocessor]
+        + ([keys_values] if keys_values is not None else []),
+        info=info,
+        extra={SCORE_SIGNATURE: _ScoreStages(stages)},
+        warmup_texts=tuple(warmup_texts),
+        around_write=with_sampler,
+    )
+    return archive.write(servable, base_dir, version, model_name=model_name)
 
 
 def _no_prompt(model):

@@ -55,6 +55,7 @@ path = export_model(
 ```
 """
 
+import dataclasses
 import os
 
 import tensorflow as tf
@@ -62,6 +63,7 @@ import tensorflow as tf
 from tf_softprompt import hub
 from tf_softprompt.export import archive, core_models, hub_models, layout
 from tf_softprompt.export import ensembles as ensembles_lib
+from tf_softprompt.export import labels as labels_lib
 from tf_softprompt.export.text import TextEncoder
 
 
@@ -83,6 +85,9 @@ class ClassifierStages:
             `None` (no ensembles: served index = task index).
         text_limits: `None`, or the K tasks' text positions (each at most
             `encoder.length`): rows are cut to their task's.
+        served_classes: the class count of each served name (tasks, then
+            ensembles; one entry when all share it), served as
+            `num_classes`.
     """
 
     def __init__(
@@ -95,6 +100,7 @@ class ClassifierStages:
         activation,
         routes=None,
         text_limits=None,
+        served_classes=None,
     ):
         self.runner = runner
         self.table = table
@@ -108,6 +114,12 @@ class ClassifierStages:
         self.text_limits = None
         if text_limits is not None:
             self.text_limits = tf.constant(text_limits, tf.int32)
+        served_classes = served_classes or [len(labels[0])]
+        self.served_classes = tf.constant(served_classes, tf.int32)
+
+    @property
+    def tokenizer(self):
+        return self.encoder.tokenizer
 
     def encode(self, text):
         return self.encoder(text)
@@ -153,7 +165,15 @@ class ClassifierStages:
                 task_index,
             )
         label_ids = tf.argmax(probabilities, axis=-1, output_type=tf.int32)
-        return {"probabilities": probabilities, "label_ids": label_ids}
+        num_classes = tf.gather(
+            self.served_classes,
+            task_index if self.served_classes.shape[0] > 1 else task_index * 0,
+        )
+        return {
+            "probabilities": probabilities,
+            "label_ids": label_ids,
+            "num_classes": num_classes,
+        }
 
     def present(self, outputs, task_index):
         names = self._per_task(self.labels, task_index)
@@ -161,100 +181,20 @@ class ClassifierStages:
         return {**outputs, "label_names": label_names}
 
 
-def _task_labels(labels, tasks, classes):
-    """`{task: [names]}` for the table's tasks (`[None]` for a baseline).
+@dataclasses.dataclass
+class _ModelStage:
+    """What the classifier's model stage needs from the model kind."""
 
-    Args:
-        labels: `None` (`"0"`, `"1"`, ...), one list for every task, or
-            `{task: names}`.
-        tasks: the table's task names.
-        classes: `{task: class count}` of each task's scores.
-    """
-    if isinstance(labels, dict):
-        if sorted(labels) != sorted(t for t in tasks if t is not None):
-            raise ValueError(
-                "Per-task `labels` must name every exported task. Received labels "
-                f"for {sorted(labels)}, tasks {sorted(t for t in tasks if t)}."
-            )
-        named = {t: [str(n) for n in labels[t]] for t in tasks}
-    elif labels is None:
-        named = {t: [str(i) for i in range(classes[t])] for t in tasks}
-    else:
-        named = {t: [str(n) for n in labels] for t in tasks}
-    counts = {t: len(v) for t, v in named.items()}
-    if counts != classes:
-        if len(set(classes.values())) > 1 and not isinstance(labels, dict):
-            fix = "pass `labels` as `{task: names}`, one list per task"
-        else:
-            fix = "pass one label name per class"
-        shown = {"model": counts[None]} if None in counts else counts
-        wanted = {"model": classes[None]} if None in classes else classes
-        raise ValueError(
-            f"Each task needs one label name per class of its head: {fix}. "
-            f"Received label counts {shown} for class counts {wanted}."
-        )
-    return named
+    tracked: list
+    runner: object
+    table: object
+    keras2: bool
+    head_classes: list = None
 
 
-def _served_labels(named, table, routes):
-    """`(rows [E or 1][Cmax], classes [K or 1])`: label names per served
-    name (tasks, then ensembles; padded with `""`) and class counts per
-    table task, each collapsed to one row when all are equal."""
-    tasks = list(table.tasks) if table is not None else [None]
-    rows = [named[t] for t in tasks]
-    if routes is not None:
-        for name, members in routes.ensembles.items():
-            differing = {m: named[m] for m in members if named[m] != named[members[0]]}
-            if differing:
-                raise ValueError(
-                    f"The members of ensemble {name!r} must share their label names "
-                    f"(their probabilities are averaged). {members[0]!r} has "
-                    f"{named[members[0]]}, but {differing}."
-                )
-            rows.append(named[members[0]])
-    classes = [len(named[t]) for t in tasks]
-    width = max(classes)
-    rows = [row + [""] * (width - len(row)) for row in rows]
-    if all(row == rows[0] for row in rows):
-        rows = rows[:1]
-    if len(set(classes)) == 1:
-        classes = classes[:1]
-    return rows, classes
-
-
-def _text_limits(text_lengths, table, encoder):
-    """Each table task's text positions, or `None` when all use the
-    encoder's `length`."""
-    if not text_lengths:
-        return None
-    tasks = list(table.tasks) if table is not None else []
-    unknown = sorted(set(text_lengths) - set(tasks))
-    if unknown:
-        raise ValueError(
-            f"`text_lengths` names {unknown}, which are not exported tasks {tasks}."
-        )
-    limits = []
-    for task in tasks:
-        value = text_lengths.get(task, encoder.length)
-        if (
-            isinstance(value, bool)
-            or int(value) != value
-            or not encoder.num_specials < value <= encoder.length
-        ):
-            raise ValueError(
-                f"The text length of task {task!r} must be an integer in "
-                f"({encoder.num_specials}, {encoder.length}] (the special tokens, "
-                f"and the export's text positions). Received: {value!r}."
-            )
-        limits.append(int(value))
-    if all(limit == encoder.length for limit in limits):
-        return None
-    return limits
-
-
-def _prepare(model, prompts, vocabulary, task, offset, tokenizer, specials, heads):
-    """`(tracked, runner, table, keras2, head_classes)` for a keras-hub or
-    core-layer model; `head_classes` lists each task head's class count."""
+def _model_stage(model, prompts, vocabulary, task, offset, tokenizer, specials, heads):
+    """The runner, table and tracked objects of a keras-hub model or a model
+    built with the core layers."""
     if hub.is_hub_model(model) and (
         hub.get_prompt_tuning(model) is not None or prompts is not None
     ):
@@ -272,7 +212,7 @@ def _prepare(model, prompts, vocabulary, task, offset, tokenizer, specials, head
         elif prompts is not None:
             handle = hub_models.fit(model, handle, table)
         runner = hub_models.Runner(model, handle, stacked)
-        return [model], runner, table, False, classes
+        return _ModelStage([model], runner, table, False, classes)
     if heads is not None:
         raise ValueError(
             "`heads` is for keras-hub TextClassifiers exported from several "
@@ -287,7 +227,7 @@ def _prepare(model, prompts, vocabulary, task, offset, tokenizer, specials, head
     if table is not None:
         serving_model = core_models.table_model(model, layer, table)
     runner = core_models.Runner(serving_model, table, layer)
-    return [serving_model], runner, table, core_models.is_keras2(model), None
+    return _ModelStage([serving_model], runner, table, core_models.is_keras2(model))
 
 
 def export_model(
@@ -380,38 +320,45 @@ def export_model(
     base_dir = os.fspath(base_dir)
     layout.check_new_version(base_dir, version)
     specials = {"start_id": start_id, "end_id": end_id, "pad_id": pad_id}
-    tracked, runner, table, keras2, head_classes = _prepare(
+    stage = _model_stage(
         model, prompts, vocabulary, task, offset, tokenizer, specials, heads
     )
+    table = stage.table
     if ensembles and table is None:
         raise ValueError(
             "`ensembles` combine exported prompts; this model has none. Pass `prompts`."
         )
     routes = None if table is None else ensembles_lib.Routes.build(table, ensembles)
-    reserved = table.max_length if table is not None and table.takes_positions else 0
-    encoder = TextEncoder(tokenizer, sequence_length - reserved, **specials)
+    slots = table.sequence_slots if table is not None else 0
+    encoder = TextEncoder(tokenizer, sequence_length - slots, **specials)
     tasks = list(table.tasks) if table is not None else [None]
     if heads is None:
-        classes = {t: int(tracked[0].output.shape[-1]) for t in tasks}
+        classes = {t: int(stage.tracked[0].output.shape[-1]) for t in tasks}
     else:
-        classes = dict(zip(tasks, head_classes))
-    named = _task_labels(labels, tasks, classes)
-    names, class_counts = _served_labels(named, table, routes)
-    limits = _text_limits(text_lengths, table, encoder)
-    stages = ClassifierStages(
-        runner, table, encoder, names, class_counts, activation, routes, limits
+        classes = dict(zip(tasks, stage.head_classes))
+    named = labels_lib.task_labels(labels, tasks, classes)
+    names, class_counts = labels_lib.served_labels(named, table, routes)
+    limits = labels_lib.text_limits(text_lengths, table, encoder)
+    served_classes = list(
+        labels_lib.classes_per_served_name(named, routes, tasks).values()
     )
-    served = routes if routes is not None else table
-    signatures = archive.endpoints(stages, encoder.length, served)
-    # Encoding the warmup texts eagerly also builds a keras-hub tokenizer,
-    # which the archive must track (it may own lookup tables).
-    warmup = archive.warmup_inputs(stages.encode, warmup_texts, served)
-    if getattr(tokenizer, "built", False):
-        tracked.append(tokenizer)
+    if len(set(served_classes)) == 1:
+        served_classes = served_classes[:1]
+    stages = ClassifierStages(
+        stage.runner,
+        table,
+        encoder,
+        names,
+        class_counts,
+        activation,
+        routes,
+        limits,
+        served_classes,
+    )
     info = {
         "kind": "classifier",
         "labels": names[0][: class_counts[0]] if len(names) == 1 else None,
-        "labels_per_task": _labels_per_served_name(named, routes),
+        "labels_per_task": labels_lib.labels_per_served_name(named, routes),
         **archive.table_info(table),
         "ensembles": dict(routes.ensembles) if routes is not None else {},
         "served_tasks": list(routes.tasks) if routes is not None else [],
@@ -427,9 +374,22 @@ def export_model(
             "pad": encoder.pad_id,
         },
         "outputs": {
-            "serving_default": ["probabilities", "label_ids", "label_names"],
-            "predict_tokens": ["probabilities", "label_ids"],
+            "serving_default": [
+                "probabilities",
+                "label_ids",
+                "label_names",
+                "num_classes",
+            ],
+            "predict_tokens": ["probabilities", "label_ids", "num_classes"],
         },
+        "num_classes_per_task": labels_lib.classes_per_served_name(
+            named, routes, tasks
+        ),
+        "padded_classes": (
+            "probabilities has one column per class of the task with the most "
+            "classes; a row's num_classes says how many are its task's, and "
+            "the rest are 0"
+        ),
         "truncation": (
             "text keeps its first max_text_tokens tokens (a task with its own "
             "text_positions_per_task T_k: its first T_k - specials); the prompt "
@@ -438,26 +398,16 @@ def export_model(
     }
     if routes is not None and routes.has_ensembles:
         info["ensemble_combination"] = ensembles_lib.COMBINATION
-    return archive.write(
-        tracked,
-        base_dir,
-        version,
-        signatures,
-        warmup,
-        info,
-        keras2=keras2,
-        model_name=model_name,
+    servable = archive.Servable(
+        stages=stages,
+        text_length=encoder.length,
+        table=routes if routes is not None else table,
+        tracked=stage.tracked,
+        info=info,
+        keras2=stage.keras2,
+        warmup_texts=tuple(warmup_texts),
     )
-
-
-def _labels_per_served_name(named, routes):
-    if routes is None or len(routes.tasks) < 2:
-        return None
-    table_tasks = [t for t in routes.tasks if t not in routes.ensembles]
-    result = {t: named[t] for t in table_tasks}
-    for name, members in routes.ensembles.items():
-        result[name] = named[members[0]]
-    return result
+    return archive.write(servable, base_dir, version, model_name=model_name)
 
 
 __all__ = ["ClassifierStages", "export_model"]

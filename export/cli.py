@@ -50,8 +50,6 @@ import json
 import os
 import sys
 
-import numpy as np
-
 
 def add_export_parser(subparsers):
     """Register `export` on the `tf-softprompt` subparsers."""
@@ -127,30 +125,29 @@ def parse_ensembles(values, runs):
     return plain, ensembles
 
 
-def _read_run(run_dir):
-    from tf_softprompt.training import run_dir as run_files
-
-    return run_files.read_run(run_dir)
+# What the runs of one export must share: one base, one place for the
+# prompt in one table, one representation read by the heads.
+SHARED = ("model_path", "method", "offset", "pooling", "normalize")
 
 
 def _check_same_base(runs, dirs):
     first = runs[0]
     for run, run_dir in zip(runs[1:], dirs[1:]):
-        for key in ("method", "offset"):
-            if run.get(key, "embedding" if key == "method" else None) != first.get(
-                key, "embedding" if key == "method" else None
-            ):
+        for key in SHARED:
+            if run.get(key) != first.get(key):
                 raise ValueError(
                     f"{run_dir} has {key}={run.get(key)!r} but {dirs[0]} has "
                     f"{first.get(key)!r}. Runs exported together must share the "
-                    "method and the prompt offset (their prompts go into one "
-                    "table), and one base (the prompts' fingerprints are checked). "
-                    "Labels, heads, prompt lengths and sequence lengths may differ."
+                    "base model, the method, the prompt offset and the pooling "
+                    "(their prompts go into one table; the prompts' "
+                    "fingerprints are checked too). Labels, heads, prompt lengths "
+                    "and sequence lengths may differ."
                 )
 
 
-def _task_names(dirs, explicit):
+def _task_names(dirs, runs, explicit):
     from tf_softprompt import artifact
+    from tf_softprompt.training import run_dir
 
     if explicit:
         if len(explicit) != len(dirs):
@@ -160,36 +157,26 @@ def _task_names(dirs, explicit):
             )
         return list(explicit)
     names = [
-        artifact.read_metadata(os.path.join(d, "prompt.npz"))["task"] for d in dirs
+        artifact.read_metadata(run_dir.prompt_path(d, r))["task"]
+        for d, r in zip(dirs, runs)
     ]
     if len(set(names)) < len(names):
         names = [os.path.basename(os.path.normpath(d)) for d in dirs]
     return names
 
 
-def _head_arrays(model, run_dir, run):
-    """`(kernel, bias)` of the run's classifier head, from head.weights.npz."""
+def _head(model, arrays, run_dir):
+    """`(kernel, bias)` of a run's classifier head for `model`'s head."""
     from tf_softprompt import hub
 
-    path = os.path.join(run_dir, run["head"])
-    with np.load(path, allow_pickle=False) as saved:
-        arrays = {key: saved[key] for key in saved.files}
     kernel, bias = hub.classifier_head(model)
     try:
         return arrays[kernel.path], arrays[bias.path]
     except KeyError as e:
         raise ValueError(
-            f"{path} has no {e.args[0]!r}; saved: {sorted(arrays)}. It was "
-            "written for another model."
+            f"The head of {run_dir} has no {e.args[0]!r}; saved: {sorted(arrays)}. "
+            "It was written for another model."
         ) from None
-
-
-def _positions(run):
-    """Sequence positions a run's prompt takes (0 for a prefix)."""
-    from tf_softprompt import methods
-
-    method = methods.get(run.get("method", "embedding"))
-    return method.sequence_slots(int(run["prompt_length"]))
 
 
 def export_runs(
@@ -203,10 +190,10 @@ def export_runs(
 ):
     """Export trained run directories; returns the version directory.
 
-    One run exports the tuned model as is. Several runs on one base go into
-    one SavedModel: a padded prompt table, and one classifier head and label
-    list per task, picked per example by `task`; each task's text is cut to
-    its run's `sequence_length`.
+    Every run kind takes one road: the runs are read (`run_dir.read_run`,
+    `prompt_path`, `head_arrays`), the base is loaded once without a prompt,
+    and the runs' prompt artifacts (and classifier heads) go into one
+    padded table, each picked per example by `task`. One run is one task.
 
     Args:
         run_dirs: the plain tasks' run directories.
@@ -215,6 +202,7 @@ def export_runs(
         model_name: the name in warmup requests.
         ensembles: `{name: [run_dir, ...]}`: each an ensemble of its runs,
             served as `name` (members also as `name/0`, `name/1`, ...).
+        precision: the served compute precision of a classifier export.
 
     Example:
     ```python
@@ -222,9 +210,7 @@ def export_runs(
                 ensembles={"sst": ["seed0", "seed1", "seed2"]})
     ```
     """
-    from tf_softprompt.export import export_model
-    from tf_softprompt.training import models, run_dir
-    from tf_softprompt.training import precision as precision_lib
+    from tf_softprompt.training import run_dir
 
     plain = [os.path.abspath(d) for d in run_dirs]
     ensembles = {
@@ -233,20 +219,30 @@ def export_runs(
     }
     if not plain and not ensembles:
         raise ValueError("Pass at least one RUN_DIR (or an --ensemble of runs).")
-    names = _task_names(plain, tasks) if plain else []
     dirs = list(plain)
+    for members in ensembles.values():
+        dirs += members
+    runs = [run_dir.read_run(d) for d in dirs]
+    names = _task_names(plain, runs[: len(plain)], tasks) if plain else []
     for name, members in ensembles.items():
         names += [f"{name}/{i}" for i in range(len(members))]
-        dirs += members
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise ValueError(
             f"Two runs would serve under the task names {repeated}. Pass "
             "--task NAME for each RUN_DIR to tell them apart."
         )
-    runs = [_read_run(d) for d in dirs]
+    kinds = {run.kind for run in runs}
+    if len(kinds) > 1:
+        first = [d for d, r in zip(dirs, runs) if r.is_causal_lm][0]
+        other = [d for d, r in zip(dirs, runs) if not r.is_causal_lm][0]
+        raise ValueError(
+            f"{other} is a classifier run and {first} a causal-LM run; export "
+            "them separately."
+        )
     _check_same_base(runs, dirs)
-    if any(run_dir.is_causal_lm_run(r) for r in runs):
+    prompts = {n: run_dir.prompt_path(d, r) for n, d, r in zip(names, dirs, runs)}
+    if runs[0].is_causal_lm:
         if ensembles:
             raise ValueError(
                 "--ensemble averages classifier probabilities; causal-LM runs "
@@ -257,43 +253,44 @@ def export_runs(
                 f"precision={precision!r} is for classifier exports; causal-LM "
                 "runs export in float32. Drop --precision."
             )
-        return _export_causal_lm_runs(dirs, runs, out, version, names, model_name)
-    run = runs[0]
-    if len(dirs) == 1:
-        trained = run_dir.load_trained(dirs[0], precision=precision)
-        return export_model(
-            trained.model,
-            out,
-            version,
-            tokenizer=trained.preprocessor.tokenizer,
-            sequence_length=int(run["sequence_length"]) + _positions(run),
-            labels=run["labels"],
-            task=names[0],
-            model_name=model_name,
-        )
+        return _export_causal_lm_runs(runs, prompts, out, version, model_name)
+    return _export_classifier_runs(
+        dirs, runs, names, prompts, out, version, model_name, ensembles, precision
+    )
+
+
+def _export_classifier_runs(
+    dirs, runs, names, prompts, out, version, model_name, ensembles, precision
+):
+    from tf_softprompt.export import export_model
+    from tf_softprompt.training import models, run_dir
+    from tf_softprompt.training import precision as precision_lib
+
+    first = runs[0]
     sequence_length = max(int(r["sequence_length"]) for r in runs)
-    preprocessor = models.load_preprocessor(run["model_path"], sequence_length)
-    heads_of = {}
-    heads, labels = {}, {}
-    for name, d, r in zip(names, dirs, runs):
-        classes = int(r["num_classes"])
-        if classes not in heads_of:
-            with precision_lib.policy(precision):
-                heads_of[classes] = models.load_classifier(r["model_path"], classes)
-        heads[name] = _head_arrays(heads_of[classes], d, r)
-        labels[name] = list(r["labels"])
-    model = heads_of[int(run["num_classes"])]
-    prompts = {name: os.path.join(d, "prompt.npz") for name, d in zip(names, dirs)}
-    longest = max(_positions(r) for r in runs)
+    preprocessor = models.load_preprocessor(first["model_path"], sequence_length)
+    classes = max(int(r.num_classes) for r in runs)
+    with precision_lib.policy(precision):
+        model = models.load_classifier(
+            first["model_path"],
+            classes,
+            pooling=first.get("pooling", "pooler"),
+            normalize=first.get("normalize", False),
+        )
+    heads = {
+        name: _head(model, run_dir.head_arrays(d, r), d)
+        for name, d, r in zip(names, dirs, runs)
+    }
+    slots = max(_slots(r) for r in runs)
     return export_model(
         model,
         out,
         version,
         tokenizer=preprocessor.tokenizer,
-        sequence_length=sequence_length + longest,
-        labels=labels,
+        sequence_length=sequence_length + slots,
+        labels={name: list(r.labels) for name, r in zip(names, runs)},
         prompts=prompts,
-        offset=int(run["offset"]) if _positions(run) else None,
+        offset=int(first["offset"]) if _slots(first) else None,
         heads=heads,
         model_name=model_name,
         ensembles={
@@ -304,32 +301,21 @@ def export_runs(
     )
 
 
-def _export_causal_lm_runs(dirs, runs, out, version, names, model_name):
-    """Causal-LM runs (e.g. `import-peft` of a CAUSAL_LM adapter): one run
-    exports as is; several go into one table, picked per example by `task`.
-    Positions: the longest `sequence_length` plus the longest prompt."""
+def _slots(run):
+    """Sequence positions a run's prompt takes (0 for a prefix)."""
+    from tf_softprompt import methods
+
+    return methods.get(run.method).sequence_slots(int(run.prompt_length))
+
+
+def _export_causal_lm_runs(runs, prompts, out, version, model_name):
+    """Causal-LM runs in one table, picked per example by `task`. Positions:
+    the longest `sequence_length` plus the longest prompt's slots."""
     from tf_softprompt.export import export_causal_lm
     from tf_softprompt.training import run_dir
 
-    kinds = [run_dir.is_causal_lm_run(r) for r in runs]
-    if not all(kinds):
-        raise ValueError(
-            f"{dirs[kinds.index(False)]} is a classifier run and "
-            f"{dirs[kinds.index(True)]} a causal-LM run; export them separately."
-        )
     sequence_length = max(int(r["sequence_length"]) for r in runs)
-    positions = sequence_length + max(_positions(r) for r in runs)
-    if len(dirs) == 1:
-        trained = run_dir.load_trained_causal_lm(dirs[0])
-        return export_causal_lm(
-            trained.model,
-            out,
-            version,
-            sequence_length=positions,
-            preprocessor=trained.preprocessor,
-            task=names[0],
-            model_name=model_name,
-        )
+    positions = sequence_length + max(_slots(r) for r in runs)
     model, preprocessor = run_dir.load_causal_lm(runs[0], sequence_length)
     return export_causal_lm(
         model,
@@ -337,7 +323,7 @@ def _export_causal_lm_runs(dirs, runs, out, version, names, model_name):
         version,
         sequence_length=positions,
         preprocessor=preprocessor,
-        prompts={n: os.path.join(d, r["prompt"]) for n, d, r in zip(names, dirs, runs)},
+        prompts=prompts,
         model_name=model_name,
     )
 

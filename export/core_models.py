@@ -1,5 +1,6 @@
 """The core-layer side of the exporter: Keras 3 and tf-keras models built with
-`tf_softprompt`'s layers (`PromptEmbedding`, `PromptPrepend`).
+`tf_softprompt`'s layers (`PromptEmbedding`, `PromptPrepend`,
+`PrefixAttention`).
 
 The model's prompt layer is replaced, in a clone that shares every other
 layer and weight, by one holding the export's prompt table; the model
@@ -17,6 +18,10 @@ stage then gives each example its own task's prompt and runs the clone:
   (`selected_rows`) while the model is traced. Padded slots are masked,
   so layers after it must consume the Keras mask (masked pooling,
   attention with the mask, RNNs) for shorter prompts to be exact.
+- `PrefixAttention` (form 3): the replacement wraps the same attention with
+  the table `[2, K * Pmax, heads, key_dim]` as its prefix and reads each
+  example's rows (`selected_rows`; `PrefixAttentionMixin.prefix_rows`),
+  masked beyond its task's length: what the keras-hub prefix does.
 
 A model without a prompt layer exports as a baseline.
 
@@ -40,6 +45,7 @@ from tf_softprompt.export.prompt_table import MultiTaskPromptTable
 
 _EMBEDDING_LAYERS = (layers.PromptEmbedding, keras2.PromptEmbedding)
 _PREPEND_LAYERS = (layers.PromptPrepend, keras2.PromptPrepend)
+_PREFIX_LAYERS = (layers.PrefixAttention, keras2.PrefixAttention)
 
 # (rows [B, Pmax] int32 into the table, mask [B, Pmax] bool) of the call
 # being traced, set by `Runner` around the model call.
@@ -154,13 +160,50 @@ class _Keras2SelectedRowsPrepend(_SelectedRowsPrepend, keras2.PromptPrepend):
     pass
 
 
+class _SelectedRowsPrefix:
+    """`PrefixAttention` over a padded multi-task table (exporter only).
+
+    The layer's prefix is the table, `[2, K * Pmax, heads, key_dim]`; each
+    example reads its own `Pmax` rows (`selected_rows`; task 0's outside a
+    runner call), masked beyond its task's length.
+
+    Args:
+        num_prompt_tokens: int, `K * Pmax`.
+        attention: the wrapped (shared) attention.
+        lengths: list of the K prefix lengths.
+        **kwargs: `PrefixAttention`'s.
+    """
+
+    def __init__(self, num_prompt_tokens, attention, lengths, **kwargs):
+        super().__init__(num_prompt_tokens, attention, **kwargs)
+        self.lengths = tuple(int(n) for n in lengths)
+        self.width = max(self.lengths)
+
+    def prefix_rows(self, query):
+        selection = _SELECTED_ROWS.get()
+        if selection is not None:
+            return selection
+        slots = tf.range(self.width)[None]
+        rows = tf.tile(slots, tf.stack([tf.shape(query)[0], 1]))
+        return rows, rows < self.lengths[0]
+
+
+class _Keras3SelectedRowsPrefix(_SelectedRowsPrefix, layers.PrefixAttention):
+    pass
+
+
+class _Keras2SelectedRowsPrefix(_SelectedRowsPrefix, keras2.PrefixAttention):
+    pass
+
+
 def find_prompt_layer(model):
-    """The model's one prompt layer (`PromptEmbedding`/`PromptPrepend`), or
-    `None` for a model without prompts (a baseline export)."""
+    """The model's one prompt layer (`PromptEmbedding`, `PromptPrepend` or
+    `PrefixAttention`), or `None` for a model without prompts (a baseline
+    export)."""
     found = [
         layer
         for layer in _walk_layers(model)
-        if isinstance(layer, _EMBEDDING_LAYERS + _PREPEND_LAYERS)
+        if isinstance(layer, _EMBEDDING_LAYERS + _PREPEND_LAYERS + _PREFIX_LAYERS)
     ]
     if len(found) > 1:
         raise ValueError(
@@ -226,6 +269,23 @@ def table_model(model, layer, table):
 
     Every other layer (and its weights) is shared, not copied.
     """
+    if isinstance(layer, _PREFIX_LAYERS):
+        flavour = (
+            _Keras2SelectedRowsPrefix
+            if isinstance(layer, keras2.PrefixAttention)
+            else _Keras3SelectedRowsPrefix
+        )
+        new = flavour(
+            table.num_rows,
+            layer.attention,
+            table.lengths,
+            prefix_initializer=initializers.from_array(table.table[0]),
+            name=f"{layer.name}_task_table",
+            dtype=layer.dtype_policy,
+        )
+        new.build()
+        new.prefix.assign(table.table[0])
+        return _clone_with(model, layer, new)
     if isinstance(layer, _EMBEDDING_LAYERS):
         new = type(layer).from_embedding(
             layer.embedding,
@@ -276,6 +336,8 @@ def prompt_table(layer, prompts, vocabulary, task, offset, default_offset):
                 "`PromptEmbedding`, or export without `prompts`."
             )
         return None
+    if isinstance(layer, _PREFIX_LAYERS):
+        return _prefix_table(layer, prompts, task)
     if prompts is None:
         if offset is None:
             # A PromptPrepend knows where its prompt goes; ids do not.
@@ -296,6 +358,24 @@ def prompt_table(layer, prompts, vocabulary, task, offset, default_offset):
         vocab,
         offset=int(offset),
         method=table.method,
+    )
+
+
+def _prefix_table(layer, prompts, task):
+    """The table of a `PrefixAttention`: its own prefix, or the artifacts'
+    (checked against the wrapped attention's weights' fingerprint)."""
+    if prompts is None:
+        return MultiTaskPromptTable.from_arrays(
+            {task: np.asarray(layer.prefix)[None]},
+            method=layer.method,
+            fingerprint=layer.base_fingerprint,
+        )
+    return MultiTaskPromptTable.from_artifacts(
+        prompts,
+        method=layer.method,
+        dims_metadata=layer.dims_metadata(),
+        fingerprint=layer.base_fingerprint,
+        vocab_size=0,
     )
 
 
@@ -346,7 +426,9 @@ class Runner:
         self.model = model
         self.table = table
         self.inserts_ids = table is not None and isinstance(layer, _EMBEDDING_LAYERS)
-        self.selects_rows = table is not None and _is_prepend(layer)
+        self.selects_rows = table is not None and isinstance(
+            layer, _PREPEND_LAYERS + _PREFIX_LAYERS
+        )
 
     def __call__(self, token_ids, padding_mask, prompt_ids, prompt_mask, task_index):
         if self.selects_rows:

@@ -72,6 +72,12 @@ class MultiTaskPromptTable:
         return bool(methods.get(self.method).sequence_slots(1))
 
     @property
+    def sequence_slots(self):
+        """Sequence positions the prompts take in front of the text: Pmax
+        for prompts in the sequence (forms 1 and 2), else 0."""
+        return methods.get(self.method).sequence_slots(self.max_length)
+
+    @property
     def vocab_fingerprint(self):
         """The vocabulary fingerprint (forms 1 and 2), else `None`."""
         return self.fingerprint if self.fingerprint_key == "vocab_fingerprint" else None

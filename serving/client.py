@@ -2,8 +2,9 @@
 
 Both calls send `serving_default` requests (`text`, and `task` for a
 multi-task export) and return `{output name: numpy array}` with the
-exporter's outputs: `probabilities [B, C]`, `label_ids [B]`, `label_names
-[B]` for a classifier, `text [B]` for a causal LM. A request TF Serving
+exporter's outputs: `probabilities [B, C]` (the first `num_classes [B]` are
+the row's task's; a multi-task export pads the rest with 0), `label_ids [B]`
+and `label_names [B]` for a classifier, `text [B]` for a causal LM. A request TF Serving
 rejects raises `ServingError` with its status code (e.g.
 `INVALID_ARGUMENT` for an unknown task) and message.
 
@@ -197,11 +198,14 @@ def run_query(args):
         return 1
     for i, text in enumerate(args.texts):
         if "label_names" in outputs:  # a classifier
+            probabilities = [float(p) for p in outputs["probabilities"][i]]
+            if "num_classes" in outputs:  # drop the padded classes of its task
+                probabilities = probabilities[: int(outputs["num_classes"][i])]
             row = {
                 "text": text,
                 "label": outputs["label_names"][i].decode(),
                 "label_id": int(outputs["label_ids"][i]),
-                "probabilities": [float(p) for p in outputs["probabilities"][i]],
+                "probabilities": probabilities,
             }
         else:  # a causal LM (`export_causal_lm`): its output is `text`
             row = {"text": text, "generated": outputs["text"][i].decode()}

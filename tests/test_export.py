@@ -27,8 +27,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras
+from saved_weights import assert_each_weight_once
 
-from tf_softprompt import PromptEmbedding, PromptPrepend, artifact, hub, keras2
+from tf_softprompt import (
+    PrefixAttention,
+    PromptEmbedding,
+    PromptPrepend,
+    artifact,
+    hub,
+    keras2,
+)
 from tf_softprompt.export import (
     TPU_ALIAS,
     MultiTaskPromptTable,
@@ -62,7 +70,14 @@ TEXTS = [
     "great great",
 ]
 TASKS = ["sst", "imdb", "news", "news", "sst", "imdb"]
-MULTI = ["multi", "prepend_multi", "k2_prepend_multi", "prefix_multi"]
+MULTI = [
+    "multi",
+    "prepend_multi",
+    "k2_prepend_multi",
+    "prefix_multi",
+    "k3_prefix_multi",
+    "k2_prefix_multi",
+]
 EXPORTS = [
     "multi",
     "single",
@@ -73,6 +88,9 @@ EXPORTS = [
     "hub",
     "prefix",
     "prefix_multi",
+    "k3_prefix",
+    "k3_prefix_multi",
+    "k2_prefix_multi",
 ]
 LOADERS = ["session", "c_api"]
 
@@ -229,6 +247,64 @@ class _PrependBase:
         model = self.k.Model(token_ids, self.head(x))
         if prompt is not None:
             layer.prompt.assign(prompt)
+        return model, layer
+
+
+class _PrefixBase:
+    """Shared layers of a core-layer `PrefixAttention` classifier: a frozen
+    embedding, one prefixed self-attention under the padding mask, a masked
+    mean and a dense head (Keras 3 or tf-keras)."""
+
+    def __init__(self, flavour, seed):
+        self.flavour = flavour
+        self.k = keras if flavour == "k3" else tf_keras
+        self.prefix = PrefixAttention if flavour == "k3" else keras2.PrefixAttention
+        self.k.utils.set_random_seed(seed)
+        self.embedding = self.k.layers.Embedding(V, H, trainable=False)
+        self.embedding.build((None, None))
+        self.attention = self.k.layers.MultiHeadAttention(num_heads=2, key_dim=H // 2)
+        self.head = self.k.layers.Dense(len(LABELS))
+
+    def _lambda(self, fn):
+        return self.k.layers.Lambda(fn)
+
+    def model(self, num_prompt_tokens, prefix=None):
+        token_ids = self.k.Input((None,), dtype="int32", name="token_ids")
+        padding_mask = self.k.Input((None,), dtype="int32", name="padding_mask")
+        x = self.embedding(token_ids)
+        if self.flavour == "k3":
+            ops = keras.ops
+            mask = self._lambda(
+                lambda m: ops.logical_and(
+                    ops.cast(m, "bool")[:, :, None], ops.cast(m, "bool")[:, None, :]
+                )
+            )(padding_mask)
+            mean = self._lambda(
+                lambda a: (
+                    ops.sum(a[0] * ops.cast(a[1], a[0].dtype)[..., None], 1)
+                    / ops.sum(ops.cast(a[1], a[0].dtype), 1, keepdims=True)
+                )
+            )
+        else:
+            mask = self._lambda(
+                lambda m: tf.logical_and(
+                    tf.cast(m, tf.bool)[:, :, None], tf.cast(m, tf.bool)[:, None, :]
+                )
+            )(padding_mask)
+            mean = self._lambda(
+                lambda a: (
+                    tf.reduce_sum(a[0] * tf.cast(a[1], a[0].dtype)[..., None], 1)
+                    / tf.reduce_sum(tf.cast(a[1], a[0].dtype), 1, keepdims=True)
+                )
+            )
+        layer = self.prefix(num_prompt_tokens, self.attention)
+        y = layer(x, x, attention_mask=mask)
+        outputs = self.head(mean([y, padding_mask]))
+        model = self.k.Model(
+            {"token_ids": token_ids, "padding_mask": padding_mask}, outputs
+        )
+        if prefix is not None:
+            layer.prefix.assign(prefix)
         return model, layer
 
 
@@ -517,6 +593,60 @@ def setup(tmp_path_factory):
         SEQUENCE_LENGTH,
         labels={"imdb": IMDB_LABELS},
     )
+    # Core-layer PrefixAttention (Keras 3 single and multi-task, tf-keras
+    # multi-task): prefixes of lengths 3, 1, 2 in one padded table.
+    for name, flavour in (("k3_prefix_multi", "k3"), ("k2_prefix_multi", "k2")):
+        shared = _PrefixBase(flavour, seed=11)
+        models, paths = {}, {}
+        for task, length in SHORT_LENGTHS.items():
+            values = rng.normal(0, 1, (2, length, 2, H // 2)).astype(np.float32)
+            models[task], layer = shared.model(length, values)
+            paths[task] = str(root / f"{name}-{task}.prompt.npz")
+            layer.save_prompt(paths[task], task=task)
+
+        def prefix_reference(text, task, models=models):
+            ids = np.array([_text_row(text, SEQUENCE_LENGTH)], np.int32)
+            inputs = {"token_ids": ids, "padding_mask": np.ones_like(ids)}
+            return _softmax(models[task](inputs))[0]
+
+        exported, _ = shared.model(3)
+        add(
+            name,
+            export_model(
+                exported,
+                root / name,
+                1,
+                tokenizer=tokenizer,
+                sequence_length=SEQUENCE_LENGTH,
+                labels=LABELS,
+                prompts=paths,
+            ),
+            list(SHORT_LENGTHS),
+            _per_text(prefix_reference),
+            SEQUENCE_LENGTH,
+        )
+        if flavour == "k3":
+            single, _ = shared.model(3, rng.normal(0, 1, (2, 3, 2, H // 2)))
+
+            def single_reference(text, task, single=single):
+                ids = np.array([_text_row(text, SEQUENCE_LENGTH)], np.int32)
+                inputs = {"token_ids": ids, "padding_mask": np.ones_like(ids)}
+                return _softmax(single(inputs))[0]
+
+            add(
+                "k3_prefix",
+                export_model(
+                    single,
+                    root / "k3_prefix",
+                    1,
+                    tokenizer=tokenizer,
+                    sequence_length=SEQUENCE_LENGTH,
+                    labels=LABELS,
+                ),
+                None,
+                _per_text(single_reference),
+                SEQUENCE_LENGTH,
+            )
     return specs
 
 
@@ -694,7 +824,7 @@ def test_predict_tokens_matches_the_reference_with_numbers_only(
     assert len(jobs) == 2  # hand-tokenised inputs and the warmup record
     for label, job in jobs.items():
         outputs = _outputs(results[loader][label])
-        assert set(outputs) == {"probabilities", "label_ids"}, label
+        assert set(outputs) == {"probabilities", "label_ids", "num_classes"}, label
         for key, value in outputs.items():
             assert value.dtype.kind in "fiu", (label, key, value.dtype)
         _check_answers(setup, name, label, job, outputs)
@@ -705,7 +835,7 @@ def test_predict_tokens_signature_has_no_string_input_or_output(setup, name):
     tokens = loaders.signature_defs(setup[name]["dir"])["predict_tokens"]
     for key, info in list(tokens.inputs.items()) + list(tokens.outputs.items()):
         assert info.dtype != tf.string.as_datatype_enum, key
-    assert set(tokens.outputs) == {"probabilities", "label_ids"}
+    assert set(tokens.outputs) == {"probabilities", "label_ids", "num_classes"}
 
 
 @pytest.mark.parametrize("loader", LOADERS)
@@ -735,14 +865,25 @@ def test_ensemble_is_the_mean_of_its_members_in_one_pass(results, setup, loader)
     np.testing.assert_allclose(got["vote"], (got["sst"] + got["news"]) / 2, atol=1e-6)
     for member in ("sst", "news"):
         assert np.abs(got["vote"] - got[member]).max() > 1e-3, member
+    # The members are far enough apart that averaging logits instead (the
+    # softmax of the mean log-probability) misses by far more than 1e-6.
+    logit_rule = _softmax((np.log(got["sst"]) + np.log(got["news"])) / 2)
+    assert np.abs(logit_rule - got["vote"]).max() > 1e-2
 
 
 @pytest.mark.parametrize("loader", LOADERS)
-def test_tasks_with_fewer_classes_get_zero_for_the_padded_class(results, loader):
+def test_tasks_with_fewer_classes_get_zero_for_the_padded_class(results, setup, loader):
     outputs = _outputs(results[loader]["prefix_multi/only-imdb"])
     assert (outputs["probabilities"][:, 2] == 0).all()
     np.testing.assert_allclose(outputs["probabilities"].sum(-1), 1, atol=1e-6)
     assert set(outputs["label_names"]) <= {n.encode() for n in IMDB_LABELS}
+    # Each row says how many of its columns are its task's classes.
+    assert (outputs["num_classes"] == len(IMDB_LABELS)).all()
+    job = setup["jobs"]["prefix_multi/text"]
+    mixed = _outputs(results[loader]["prefix_multi/text"])
+    want = [len(IMDB_LABELS) if t == "imdb" else len(LABELS) for t in job["tasks"]]
+    np.testing.assert_array_equal(mixed["num_classes"], want)
+    assert len(set(want)) == 2
 
 
 def test_each_task_reads_its_own_text_length(setup):
@@ -1062,3 +1203,8 @@ def test_duplicate_task_names_are_refused(setup):
     path = setup["multi"]["artifacts"]["sst"]
     with pytest.raises(ValueError, match="must be unique"):
         MultiTaskPromptTable.from_artifacts([path, path], vocabulary)
+
+
+@pytest.mark.parametrize("name", EXPORTS)
+def test_each_weight_is_stored_once(setup, name):
+    assert_each_weight_once(setup[name]["dir"])

@@ -47,11 +47,14 @@ CONFIGS = {
     "gemma-multi": ("gemma", "embedding", MULTI, False, BOTH),
     "llama-prefix-single": ("llama", "prefix", SINGLE, True, BAKED),
     "gpt2-prefix-multi": ("gpt2", "prefix", MULTI, False, BAKED),
+    # The text after P past positions: baked, it must still start at P_k.
+    "gpt2-past-prefix-multi": ("gpt2", "past_prefix", MULTI, False, BAKED),
 }
 
 
 def _text_positions(method, lengths):
-    reserved = max(lengths.values()) if method != "prefix" else 0
+    in_sequence = method in ("embedding", "prepend")
+    reserved = max(lengths.values()) if in_sequence else 0
     return SEQUENCE_LENGTH - reserved
 
 
@@ -257,7 +260,8 @@ def test_export_info_says_what_was_baked_and_where_the_text_starts(served):
         dirs = served["setups"][name]["dirs"]
         baked = read_info(dirs[f"{name}/baked"])["prompt_baking"]
         assert baked["baked"] is True, name
-        offsets = {t: n if method == "embedding" else 0 for t, n in lengths.items()}
+        takes_positions = method in ("embedding", "past_prefix")
+        offsets = {t: n if takes_positions else 0 for t, n in lengths.items()}
         assert baked["text_position_offsets"] == offsets, name
         if False in exports:
             unbaked = read_info(dirs[f"{name}/unbaked"])["prompt_baking"]
@@ -266,3 +270,22 @@ def test_export_info_says_what_was_baked_and_where_the_text_starts(served):
     # [L, 2, K * Pmax, kv_heads, head_dim]: 2 layers, 2 tasks x 3, GQA's 2 kv heads
     assert info["prompt_baking"]["keys_values_shape"] == [2, 2, 6, 2, 4]
     assert info["signatures"] == ["serving_default", "predict_tokens", "score_tokens"]
+
+
+def test_text_starts_after_the_positions_each_method_takes():
+    from tf_softprompt.hub import baking
+
+    lengths = [3, 2]
+    assert baking.text_position_offsets("embedding", lengths) == [3, 2]
+    assert baking.text_position_offsets("past_prefix", lengths) == [3, 2]
+    assert baking.text_position_offsets("prepend", lengths) == [0, 0]
+    assert baking.text_position_offsets("prefix", lengths) == [0, 0]
+
+
+def test_baked_text_beyond_the_position_limit_is_refused(tmp_path):
+    """GPT-2 (32 learned positions): a baked 10-token prompt takes positions
+    0..9, so 30 text positions after it would need 40."""
+    lm, _ = _prompted("gpt2", "embedding", 10, 0, False)
+    with pytest.raises(ValueError, match=r"starts at position 10.*40 positions"):
+        export_causal_lm(lm, tmp_path / "long", 1, sequence_length=40)
+    assert not (tmp_path / "long" / "1").exists()

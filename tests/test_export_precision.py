@@ -13,9 +13,11 @@ significant digits; the measured gap on these models is printed by the
 assertion messages.
 """
 
+import keras
 import keras_hub
 import numpy as np
 import pytest
+from saved_weights import assert_each_weight_once, stored_tensors
 from tiny_models import build_backbone
 
 from tf_softprompt import hub
@@ -58,13 +60,31 @@ def _classifier(policy, method, weights=None):
 def exports(tmp_path_factory):
     root = tmp_path_factory.mktemp("precision")
     tokenizer = keras_hub.models.BertTokenizer(vocabulary=WORDS)
-    dirs, dtypes, infos = {}, {}, {}
+    dirs, dtypes, infos, unprompted, shapes = {}, {}, {}, {}, {}
     for method in ("embedding", "prefix"):
-        f32, _ = _classifier("float32", method)
+        f32, handle = _classifier("float32", method)
         rng = np.random.default_rng(1)
-        # A head that separates the classes, so labels are not all ties.
-        f32.output_dense.kernel.assign(rng.normal(0, 1.0, (16, len(LABELS))))
+        # Sharper attention (x15), a head that separates the classes, so
+        # labels are not all ties, and a prompt that moves them: with the
+        # initializer's small weights attention is near uniform and the
+        # prompt moves p by only ~1e-3, below what the tolerance could see.
+        for weight in f32.backbone.weights:
+            if len(weight.shape) >= 2 and "attention" in weight.path:
+                weight.assign(np.asarray(weight) * 15.0)
+        f32.output_dense.kernel.assign(rng.normal(0, 8.0, (16, len(LABELS))))
+        handle.assign_prompt(rng.normal(0, 2.0, handle.table.shape))
+        shapes[method] = tuple(handle.table.shape)
         bf16, _ = _classifier("mixed_bfloat16", method, f32.get_weights())
+        # The same weights without the prompt, in float32: how far the
+        # prompt moves the probabilities.
+        plain, _ = _classifier("float32", method, f32.get_weights())
+        hub.disable_prompt_tuning(plain)
+        positions = 24 - (4 if method == "embedding" else 0)
+        preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
+            tokenizer, sequence_length=positions
+        )
+        logits = plain(preprocessor(np.array(TEXTS)))
+        unprompted[method] = np.asarray(keras.ops.softmax(logits))
         for name, model in (("float32", f32), ("bfloat16", bf16)):
             dtypes[method, name] = model.backbone.compute_dtype
             dirs[method, name] = export_model(
@@ -91,6 +111,9 @@ def exports(tmp_path_factory):
     return dtypes, {
         "session": dict(zip(keys, loaders.run_session_loader(jobs))),
         "c_api": dict(zip(keys, loaders.run_c_loader(jobs, binary))),
+        "unprompted": unprompted,
+        "dirs": dirs,
+        "shapes": shapes,
     }
 
 
@@ -111,6 +134,21 @@ def test_bf16_export_is_within_the_stated_tolerance_of_float32(exports, loader, 
     assert clear.sum() >= 3
     assert bf16["probabilities"].dtype == np.float32
     np.testing.assert_allclose(bf16["probabilities"].sum(axis=1), 1.0, atol=1e-5)
+    # The prompt moves the probabilities by far more than the tolerance, so
+    # a bf16 export that lost or mangled it could not pass.
+    moved = np.abs(f32["probabilities"] - results["unprompted"][method]).max()
+    assert moved > 5 * TOLERANCE, f"the prompt moves p by {moved:.4f}"
+
+
+@pytest.mark.parametrize("method", ["embedding", "prefix"])
+def test_bf16_export_stores_float32_weights_and_the_prompt_once(exports, method):
+    _, results = exports
+    stored = stored_tensors(results["dirs"][method, "bfloat16"])
+    prompts = [k for k, v in stored.items() if v.shape == results["shapes"][method]]
+    assert len(prompts) == 1, prompts  # the prompt table, stored once
+    dtypes = {str(v.dtype) for v in stored.values() if v.dtype.kind == "f"}
+    assert dtypes == {"float32"}, dtypes
+    assert_each_weight_once(results["dirs"][method, "bfloat16"])
 
 
 def test_cli_exports_a_run_in_bfloat16(tmp_path):

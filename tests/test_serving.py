@@ -259,7 +259,7 @@ def test_session_backend_checks_only_what_tf_serving_checks(served):
             {k: v[:, :-1] for k, v in tokens.items()} | {"task_id": task_id},
         )
     outputs = backend.run("predict_tokens", {**tokens, "task_id": task_id})
-    assert set(outputs) == {"probabilities", "label_ids"}
+    assert set(outputs) == {"probabilities", "label_ids", "num_classes"}
 
 
 def test_one_task_for_all_texts_and_mismatched_tasks(served):

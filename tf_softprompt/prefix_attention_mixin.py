@@ -135,10 +135,18 @@ class PrefixAttentionMixin(FrozenSublayerMixin):
         attention = self.attention
         method = methods.get(self.method)
         prefix = self.prefix[None]  # one layer: [1, 2, P, heads, key_dim]
+        rows, prefix_mask = self.prefix_rows(query)
 
         def prefixed(key, value, mask, query_length):
             return method.attention_inputs(
-                prefix, 0, key, value, mask, query_length=query_length
+                prefix,
+                0,
+                key,
+                value,
+                mask,
+                rows=rows,
+                prefix_mask=prefix_mask,
+                query_length=query_length,
             )
 
         compute = attention._compute_attention
@@ -157,6 +165,12 @@ class PrefixAttentionMixin(FrozenSublayerMixin):
             self._freeze(attention)
         return outputs
 
+    def prefix_rows(self, query):
+        """The prefix rows this call reads, per example: `(rows [B, W],
+        mask [B, W])`, or `(None, None)` for all P rows (the default; the
+        exporter's multi-task layer picks each example's task rows)."""
+        return None, None
+
     # Artifact ---------------------------------------------------------------
 
     def _check_built_for_artifact(self, action):
@@ -166,7 +180,8 @@ class PrefixAttentionMixin(FrozenSublayerMixin):
                 f"`{action}()`."
             )
 
-    def _dims_metadata(self):
+    def dims_metadata(self):
+        """The dims a prefix artifact records and a loader checks."""
         dims = methods.ModelDims(
             vocab_size=0,
             hidden_dim=int(self.attention._query_dense.kernel.shape[0]),
@@ -206,7 +221,7 @@ class PrefixAttentionMixin(FrozenSublayerMixin):
             path,
             self.prefix.numpy()[None],
             method=method.name,
-            dims_metadata=self._dims_metadata(),
+            dims_metadata=self.dims_metadata(),
             fingerprint_key=method.fingerprint_key,
             fingerprint=self.base_fingerprint,
             num_prompt_tokens=self.num_prompt_tokens,
@@ -232,7 +247,7 @@ class PrefixAttentionMixin(FrozenSublayerMixin):
         artifact.check_artifact(
             loaded,
             method.name,
-            self._dims_metadata(),
+            self.dims_metadata(),
             method.fingerprint_key,
             self.base_fingerprint,
         )
