@@ -318,3 +318,29 @@ def test_prompt_layer_follows_the_dtype_policy(policy):
     for weight in handle.table.weights:
         assert weight.dtype == policy.variable_dtype
     assert model.backbone(batch("gpt2")).dtype == policy.compute_dtype
+
+
+def test_keras_hub_from_preset_never_picks_a_prompt_tuned_class(tmp_path):
+    """`keras_hub.models.CausalLM.from_preset(...)` (and any Task's) picks
+    among the registered subclasses with the preset's backbone class, the
+    first of an unordered set: a registered prompt-tuned class must not be a
+    candidate, or a plain load would sometimes give a prompt-tuned class
+    without its prompt."""
+    from keras_hub.src.utils.preset_utils import list_subclasses
+
+    for kind in ("gpt2", "bert"):
+        tuned(kind, "embedding")  # registered (as `tf_softprompt.hub` does)
+    for task_cls, backbone_cls in (
+        (keras_hub.models.CausalLM, keras_hub.models.GPT2Backbone),
+        (keras_hub.models.TextClassifier, keras_hub.models.BertBackbone),
+    ):
+        candidates = [
+            c for c in list_subclasses(task_cls) if c.backbone_cls is backbone_cls
+        ]
+        assert candidates and all(
+            getattr(c, "tf_softprompt_base", None) is None for c in candidates
+        ), candidates
+    model = build_task("gpt2")
+    model.save_to_preset(str(tmp_path / "preset"))
+    loaded = keras_hub.models.CausalLM.from_preset(str(tmp_path / "preset"))
+    assert type(loaded) is keras_hub.models.GPT2CausalLM

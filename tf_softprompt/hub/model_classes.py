@@ -182,6 +182,13 @@ def prompt_tuned_class(base, restore):
         "__qualname__": base.__qualname__,
         "__doc__": base.__doc__,
     }
+    if issubclass(base, keras_hub.models.Task):
+        # keras-hub's `Task.from_preset` picks, among the registered Task
+        # subclasses with the preset's `backbone_cls`, the first of an
+        # unordered set: a registered prompt-tuned class would sometimes be
+        # picked for a plain `CausalLM.from_preset(...)`. Without a
+        # `backbone_cls` it is never a candidate.
+        namespace["backbone_cls"] = None
     if mixin is _PromptTunedCausalLM:
         # Only what the base class has (e.g. no `score` on some CausalLMs).
         bases = (_PromptTunedModel, base)
