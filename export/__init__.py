@@ -15,22 +15,21 @@ Installed as `tf_softprompt.export`. Modules, one concept each:
 - `cli`: `tf-softprompt export`.
 """
 
-from tf_softprompt.export.archive import TPU_ALIAS, read_info
-from tf_softprompt.export.causal_lm import export_causal_lm
-from tf_softprompt.export.classifier import export_model
-from tf_softprompt.export.core_models import find_prompt_layer
-from tf_softprompt.export.layout import read_warmup_requests, version_dir
-from tf_softprompt.export.prompt_table import MultiTaskPromptTable
-from tf_softprompt.export.text import TextEncoder
+from tf_softprompt import lazy
 
-__all__ = [
-    "TPU_ALIAS",
-    "MultiTaskPromptTable",
-    "TextEncoder",
-    "export_causal_lm",
-    "export_model",
-    "find_prompt_layer",
-    "read_info",
-    "read_warmup_requests",
-    "version_dir",
-]
+_EXPORTS = {
+    "TPU_ALIAS": "archive",
+    "MultiTaskPromptTable": "prompt_table",
+    "TextEncoder": "text",
+    "export_causal_lm": "causal_lm",
+    "export_model": "classifier",
+    "find_prompt_layer": "core_models",
+    "read_info": "archive",
+    "read_warmup_requests": "layout",
+    "version_dir": "layout",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+__getattr__, __dir__ = lazy.attributes(__name__, _EXPORTS)

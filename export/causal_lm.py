@@ -46,6 +46,7 @@ import tensorflow as tf
 
 from tf_softprompt import hub
 from tf_softprompt.export import archive, baking, hub_models, layout
+from tf_softprompt.training.completion_data import detokenize_generated
 
 OUTPUT_TEXT = "text"
 OUTPUT_LOGITS = "logits"
@@ -136,34 +137,6 @@ class GenerationStages:
             self.tokenizer, outputs["token_ids"], outputs["padding_mask"]
         )
         return {OUTPUT_TEXT: text}
-
-
-def detokenize_generated(tokenizer, token_ids, padding_mask):
-    """Generated ids to text, as keras-hub's `generate_postprocess` does.
-
-    Positions outside `padding_mask` and the tokenizer's special tokens are
-    dropped; an ordinary token that shares the pad id (GPT-2 pads with 0,
-    which is "!") is kept.
-
-    Args:
-        tokenizer: a keras-hub tokenizer.
-        token_ids: int `[B, L]`.
-        padding_mask: `[B, L]`, true where a token is part of the output.
-
-    Returns:
-        string `[B]`.
-
-    Example:
-    >>> text = detokenize_generated(lm.preprocessor.tokenizer, ids, mask)
-    """
-    keep = tf.cast(padding_mask, tf.bool)
-    special_ids = getattr(tokenizer, "special_token_ids", None)
-    if special_ids is None:
-        names = ("start_token_id", "end_token_id")
-        special_ids = [getattr(tokenizer, n) for n in names if hasattr(tokenizer, n)]
-    for special in special_ids:
-        keep &= token_ids != special
-    return tokenizer.detokenize(tf.ragged.boolean_mask(token_ids, keep))
 
 
 class _ScoreStages:

@@ -345,5 +345,13 @@ def run_export(args):
         return 2
     with open(os.path.join(path, "assets.extra", "tf_softprompt.json")) as f:
         info = json.load(f)
-    print(json.dumps({"exported": path, **info}, sort_keys=True))
+    kept = info.get("max_text_tokens")
+    if kept is not None:
+        print(
+            f"tf-softprompt export: note: served texts keep their first {kept} "
+            "tokens (export info `max_text_tokens`); longer texts are cut. "
+            "Train with a larger --sequence-length to keep more.",
+            file=sys.stderr,
+        )
+    print(json.dumps({"exported": path, **info}, sort_keys=True, ensure_ascii=False))
     return 0

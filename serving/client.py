@@ -6,7 +6,9 @@ exporter's outputs: `probabilities [B, C]` (the first `num_classes [B]` are
 the row's task's; a multi-task export pads the rest with 0), `label_ids [B]`
 and `label_names [B]` for a classifier, `text [B]` for a causal LM. A request TF Serving
 rejects raises `ServingError` with its status code (e.g.
-`INVALID_ARGUMENT` for an unknown task) and message.
+`INVALID_ARGUMENT` for an unknown task) and message; a server that cannot
+be reached raises `ConnectionError` naming the address, the reason and the
+fix.
 
 Exposed on the command line as `tf-softprompt query`.
 
@@ -18,7 +20,9 @@ outputs["label_names"]  # array([b'positive'], dtype=object)
 ```
 """
 
+import http.client
 import json
+import queue
 import sys
 import urllib.error
 import urllib.request
@@ -38,6 +42,18 @@ class ServingError(RuntimeError):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+
+def _unreachable(address, reason, flag):
+    return ConnectionError(
+        f"Could not reach TF Serving at {address} ({_one_line(reason)}). "
+        f"Start the server (see serving/README.md, 'Run TF Serving') or pass "
+        f"the right {flag} address."
+    )
+
+
+def _one_line(text):
+    return " ".join(str(text).split())
 
 
 def _inputs(texts, tasks):
@@ -78,7 +94,19 @@ def predict_rest(
 
     Returns:
         `{output name: numpy array}`.
+
+    Raises:
+        ServingError: the server answered with an HTTP error; its message is
+            the server's `error` text.
+        ConnectionError: nothing answered at `url`, or not over HTTP.
+        TimeoutError: no answer within `timeout` seconds.
+        ValueError: `url` is not an `http://` or `https://` URL.
     """
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(
+            f"The REST address must be a URL such as http://localhost:8501. "
+            f"Received: {url!r}"
+        )
     path = f"/v1/models/{model_name}"
     if version is not None:
         path += f"/versions/{int(version)}"
@@ -95,10 +123,23 @@ def predict_rest(
     except urllib.error.HTTPError as e:
         text = e.read().decode(errors="replace")
         try:
-            message = json.loads(text).get("error", text)
-        except ValueError:
+            message = json.loads(text)["error"]
+        except (ValueError, KeyError, TypeError):  # not TF Serving's JSON
             message = text
+        message = _one_line(message) or e.reason
         raise ServingError(_http_code(e.code, message), message) from None
+    except urllib.error.URLError as e:  # connecting failed
+        reason = getattr(e.reason, "strerror", None) or e.reason
+        raise _unreachable(url, reason, "--rest") from None
+    except TimeoutError:  # connected, but no answer in time
+        raise TimeoutError(
+            f"TF Serving at {url} did not answer within {timeout} s. Pass a "
+            f"larger --timeout, or check that the server is not overloaded."
+        ) from None
+    except (ConnectionError, http.client.HTTPException) as e:
+        # E.g. the gRPC port, which does not speak HTTP/1.1.
+        reason = getattr(e, "strerror", None) or f"{type(e).__name__}: {e}"
+        raise _unreachable(url, reason, "--rest") from None
     outputs = payload["outputs"]
     if not isinstance(outputs, dict):  # a single unnamed output
         outputs = {"outputs": outputs}
@@ -139,6 +180,11 @@ def predict_grpc(
 
     Returns:
         `{output name: numpy array}`.
+
+    Raises:
+        ServingError: the server refused the request (`e.code` is the gRPC
+            status name).
+        ConnectionError: the channel could not connect to `target`.
     """
     import grpc
     import tensorflow as tf
@@ -157,8 +203,31 @@ def predict_grpc(
         try:
             response = stub.Predict(request, timeout=timeout)
         except grpc.RpcError as e:
-            raise ServingError(e.code().name, e.details()) from None
+            unavailable = e.code() is grpc.StatusCode.UNAVAILABLE
+            if unavailable and not _connected(channel):
+                raise _unreachable(target, e.details(), "--grpc") from None
+            message = _one_line(e.details() or "")
+            raise ServingError(e.code().name, message) from None
     return {key: tf.make_ndarray(value) for key, value in response.outputs.items()}
+
+
+def _connected(channel):
+    """Whether `channel` is connected.
+
+    TF Serving itself answers UNAVAILABLE too (e.g. when its batching queue is
+    full); that is a refusal, not a connection failure.
+    """
+    import grpc
+
+    states = queue.SimpleQueue()
+    callback = states.put
+    channel.subscribe(callback, try_to_connect=False)
+    try:
+        return states.get(timeout=1) is grpc.ChannelConnectivity.READY
+    except queue.Empty:
+        return False
+    finally:
+        channel.unsubscribe(callback)
 
 
 def add_query_parser(subparsers):
@@ -211,5 +280,5 @@ def run_query(args):
             row = {"text": text, "generated": outputs["text"][i].decode()}
         if args.task is not None:
             row["task"] = args.task
-        print(json.dumps(row))
+        print(json.dumps(row, ensure_ascii=False))
     return 0

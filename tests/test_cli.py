@@ -149,11 +149,13 @@ def test_train_writes_prompt_head_checkpoints_logs_run_and_metrics(run, preset):
 
 def test_eval_reloads_prompt_and_head_and_reproduces_train_accuracy(run, files):
     out, metrics = run
-    code, stdout, _ = run_cli(["eval", "--out", out, "--data", files[1]])
+    code, stdout, _ = run_cli(["eval", "--out", out, "--data", files[1], "--json"])
     assert code == 0
-    result = json.loads(stdout)
-    assert result["examples"] == EVAL_ROWS
+    result = json.loads(stdout)  # --json: the JSON line alone
+    assert result["eval_examples"] == EVAL_ROWS
     assert result["accuracy"] == metrics["accuracy"]
+    assert result["confusion_matrix"] == metrics["confusion_matrix"]
+    assert result["per_class"] == metrics["per_class"]
 
 
 def test_predict_prints_labels_and_probabilities_per_text(run, files):
@@ -224,11 +226,12 @@ def test_registry_adds_a_provider_subcommand(monkeypatch):
 def test_embedded_default_trains_minilm_on_the_packaged_dataset(tmp_path):
     """Exactly `tf-softprompt train --out DIR` (about 1m30s on 2 CPU cores).
 
-    The default method is prefix tuning. Measured here: accuracy 0.919
-    (68/74 held-out sentences) vs baseline 0.838 (62/74); form 1 gave 0.878.
+    The default method is prefix tuning over the checkpoint's mean pooling.
+    Measured here: accuracy 0.9054 (67/74 held-out sentences) vs baseline
+    0.8919 (66/74); with the BERT pooler it was 0.919 vs 0.838.
     """
     command = shutil.which("tf-softprompt")
-    command = [command] if command else [sys.executable, "-m", "tf_softprompt.cli"]
+    command = [command] if command else [sys.executable, "-m", "tf_softprompt"]
     out = tmp_path / "default"
     result = subprocess.run(
         [*command, "train", "--out", str(out), "--quiet"],
@@ -282,10 +285,15 @@ def test_cli_is_quiet_unless_verbose(tmp_path):
     assert quiet.stderr == ""
     startup = _startup_lines()
     if startup:  # this TensorFlow build prints start-up lines: --verbose shows them
+        # (`--help` imports no TensorFlow; `eval` does, then fails.)
         verbose = subprocess.run(
-            command + ["--verbose"], capture_output=True, text=True, env=env
+            [shutil.which("tf-softprompt"), "eval", "--out", str(tmp_path)]
+            + ["--verbose"],
+            capture_output=True,
+            text=True,
+            env=env,
         )
-        assert verbose.returncode == 0
+        assert verbose.returncode == 2
         shown = {_digitless(line) for line in verbose.stderr.splitlines()}
         assert {_digitless(line) for line in startup} <= shown
     # Errors still reach stderr.
@@ -360,7 +368,6 @@ def test_predict_prints_no_tensorflow_start_up_lines(run):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout)["text"] == "a good film"
-    startup = {_digitless(line) for line in _startup_lines()}
-    leaked = [x for x in done.stderr.splitlines() if _digitless(x) in startup]
-    assert leaked == []
-    assert "cuInit" not in done.stderr and "absl::InitializeLog" not in done.stderr
+    # Nothing at all: neither start-up lines nor the ones ops print while
+    # running (oneDNN's "supports DT_INT64 only on platforms with AVX-512").
+    assert done.stderr == ""

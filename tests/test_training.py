@@ -590,6 +590,7 @@ def test_checkpoints_hold_prompt_head_optimizer_and_step_never_the_frozen_base(
         "step",
         "save_counter",
         "seed_states",
+        "epoch_loss",
     }
     # The prompt [P, H] and the head's kernel [H, C] and bias [C], nothing else.
     base = keras_hub.models.Backbone.from_preset(preset)
@@ -658,6 +659,37 @@ def test_killed_run_resumes_from_its_checkpoint_to_the_uninterrupted_prompt(
     assert_same_checkpoint(
         out / "checkpoints", tmp_path / "uninterrupted" / "checkpoints", rtol=1e-5
     )
+
+
+def test_killed_default_run_resumes_to_the_uninterrupted_prefix(tmp_path):
+    """The embedded default (a prefix on the packaged MiniLM, whose own
+    dropout stays on), killed mid-epoch: the dropout generators' states are
+    part of the checkpoint, so the resumed run ends on the same prefix."""
+    config = dict(epochs=1, baseline=False, checkpoint_every=3)
+    out = tmp_path / "killed"
+    process = run_driver(driver(tmp_path), "slow", ClassifierConfig(str(out), **config))
+    try:
+        for line in process.stdout:
+            if line.strip() == "step 5":
+                process.send_signal(signal.SIGKILL)
+                break
+        process.wait(timeout=SUBPROCESS_TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == -signal.SIGKILL
+    assert tf.train.latest_checkpoint(str(out / "checkpoints")).endswith("ckpt-3")
+    resumed = train_here(ClassifierConfig(str(out), **config))
+    assert resumed.metrics["resumed_from_step"] == 3
+    expected = train_here(ClassifierConfig(str(tmp_path / "straight"), **config))
+    assert resumed.metrics["method"] == "prefix"
+    np.testing.assert_allclose(resumed.losses, expected.losses[3:], rtol=0, atol=1e-6)
+    with (
+        np.load(out / "prompt.npz") as a,
+        np.load(tmp_path / "straight" / "prompt.npz") as b,
+    ):
+        assert a["prompt"].shape == (6, 2, 20, 12, 32)
+        np.testing.assert_allclose(a["prompt"], b["prompt"], rtol=0, atol=1e-6)
 
 
 def test_resume_refuses_checkpoints_of_different_settings(tiny_config, reference):

@@ -9,39 +9,26 @@ command line) does not import TensorFlow before it has silenced its
 start-up log lines.
 """
 
-import importlib
+from tf_softprompt import lazy
 
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "PrefixAttention": "tf_softprompt.layers",
-    "PromptEmbedding": "tf_softprompt.layers",
-    "PromptPrepend": "tf_softprompt.layers",
+    "PrefixAttention": "layers",
+    "PromptEmbedding": "layers",
+    "PromptPrepend": "layers",
     "artifact": None,
-    "extend_mask": "tf_softprompt.ops",
-    "extend_sequence": "tf_softprompt.ops",
+    "extend_mask": "ops",
+    "extend_sequence": "ops",
     "initializers": None,
-    "load_prompt": "tf_softprompt.artifact",
+    "load_prompt": "artifact",
     "methods": None,
     "ops": None,
-    "save_prompt": "tf_softprompt.artifact",
-    "vocab_fingerprint": "tf_softprompt.artifact",
+    "save_prompt": "artifact",
+    "vocab_fingerprint": "artifact",
 }
 
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'tf_softprompt' has no attribute {name!r}")
-    module = _EXPORTS[name]
-    if module is None:
-        value = importlib.import_module(f"tf_softprompt.{name}")
-    else:
-        value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy.attributes(__name__, _EXPORTS)

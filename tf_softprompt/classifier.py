@@ -30,7 +30,9 @@ import keras
 import keras_hub
 import tensorflow as tf
 
-MODES = ("mean", "cls", "max", "pooler")
+from tf_softprompt import names
+
+MODES = names.POOLINGS
 
 
 def pool(outputs, padding_mask, mode, normalize=False):

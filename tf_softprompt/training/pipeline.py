@@ -31,6 +31,40 @@ def steps_per_epoch(num_examples, global_batch_size):
     return steps
 
 
+def epoch_indices(num_examples, global_batch_size, seed, epoch, skip_steps=0):
+    """The examples one epoch trains on, in order, after `skip_steps`.
+
+    Full global batches only (the remainder of the permutation is dropped).
+    """
+    steps = steps_per_epoch(num_examples, global_batch_size)
+    order = epoch_order(num_examples, seed, epoch)[: steps * global_batch_size]
+    return order[skip_steps * global_batch_size :]
+
+
+def per_replica_batches(dataset, global_batch_size, input_context=None):
+    """Cut a dataset of single examples, in global-batch order, into
+    per-replica batches.
+
+    Each global batch of `global_batch_size` examples is cut into
+    `num_replicas_in_sync` consecutive per-replica batches; with several
+    input pipelines (one per worker) pipeline `i` takes every `i`-th of them.
+    Summed over replicas, every step therefore sees exactly the examples a
+    single device would.
+    """
+    replicas = input_context.num_replicas_in_sync if input_context else 1
+    if global_batch_size % replicas:
+        raise ValueError(
+            f"The global batch size {global_batch_size} must be divisible by "
+            f"the {replicas} replicas in sync. Use a multiple of {replicas}."
+        )
+    dataset = dataset.batch(global_batch_size // replicas, drop_remainder=True)
+    if input_context and input_context.num_input_pipelines > 1:
+        dataset = dataset.shard(
+            input_context.num_input_pipelines, input_context.input_pipeline_id
+        )
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
 def training_dataset(
     texts,
     label_ids,
@@ -42,13 +76,7 @@ def training_dataset(
     skip_steps=0,
     input_context=None,
 ):
-    """One epoch of per-replica training batches.
-
-    Each global batch of `global_batch_size` examples is cut into
-    `num_replicas_in_sync` consecutive per-replica batches; with several
-    input pipelines (one per worker) pipeline `i` takes every `i`-th of them.
-    Summed over replicas, every step therefore sees exactly the examples a
-    single device would.
+    """One epoch of per-replica training batches of a classifier.
 
     Args:
         texts: list of str.
@@ -64,18 +92,10 @@ def training_dataset(
 
     Returns:
         A `tf.data.Dataset` of `(features, labels)` with per-replica batch
-        size `global_batch_size // num_replicas_in_sync` and static shapes.
+        size `global_batch_size // num_replicas_in_sync` and static shapes
+        (`per_replica_batches`).
     """
-    replicas = input_context.num_replicas_in_sync if input_context else 1
-    if global_batch_size % replicas:
-        raise ValueError(
-            f"The global batch size {global_batch_size} must be divisible by "
-            f"the {replicas} replicas in sync. Use a multiple of {replicas}."
-        )
-    per_replica = global_batch_size // replicas
-    steps = steps_per_epoch(len(texts), global_batch_size)
-    order = epoch_order(len(texts), seed, epoch)[: steps * global_batch_size]
-    order = order[skip_steps * global_batch_size :]
+    order = epoch_indices(len(texts), global_batch_size, seed, epoch, skip_steps)
     dataset = tf.data.Dataset.from_tensor_slices(
         (
             tf.constant([texts[i] for i in order], tf.string),
@@ -87,12 +107,7 @@ def training_dataset(
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
-    dataset = dataset.batch(per_replica, drop_remainder=True)
-    if input_context and input_context.num_input_pipelines > 1:
-        dataset = dataset.shard(
-            input_context.num_input_pipelines, input_context.input_pipeline_id
-        )
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return per_replica_batches(dataset, global_batch_size, input_context)
 
 
 def inference_dataset(texts, preprocess, batch_size, label_ids=None):

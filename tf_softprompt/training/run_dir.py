@@ -38,6 +38,7 @@ from tf_softprompt.training.run_record import (
     PROMPT_FILE,
     RUN_FILE,
     RUN_FORMAT,
+    TRAINING_KEYS,
     RunRecord,
     read_json,
     write_json,
@@ -130,18 +131,13 @@ def run_record(config, model_path, model, handle, names, splits):
         head_variables=[v.path for v in head_variables(model, handle)],
         columns={"text": config.text_column, "label": config.label_column},
         data=splits.source,
-        training={
-            "seed": config.seed,
-            "epochs": config.epochs,
-            "batch_size": config.batch_size,
-            "learning_rate": config.learning_rate,
-            "dropout": config.dropout,
-            "base_dropout": config.base_dropout,
-            "precision": config.precision,
-            "init": config.init,
-            "reparameterize": config.reparameterize,
-        },
+        training=training_settings(config),
     )
+
+
+def training_settings(config):
+    """How a run was trained, as `RunRecord.training` keeps it."""
+    return {key: getattr(config, key) for key in TRAINING_KEYS}
 
 
 @dataclasses.dataclass
@@ -309,5 +305,6 @@ __all__ = [
     "read_run",
     "run_record",
     "save_head",
+    "training_settings",
     "write_json",
 ]

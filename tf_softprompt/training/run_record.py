@@ -211,6 +211,7 @@ TRAINING_KEYS = (
     "precision",
     "init",
     "reparameterize",
+    "truncate_prompt",
 )
 
 

@@ -1,4 +1,5 @@
-"""The train and held-out examples of a run, with integer labels."""
+"""The train and held-out examples of a classifier run, with integer labels
+(and the seeded hold-out every task uses)."""
 
 import dataclasses
 import os
@@ -30,6 +31,14 @@ class Splits:
     def task_name(self):
         """The task's name: the data file's stem (`sentiment` embedded)."""
         return os.path.splitext(os.path.basename(self.source.split(":")[-1]))[0]
+
+
+def held_out(num_examples, fraction, seed):
+    """`(kept, held)`: sorted indices of the examples trained on and of the
+    seeded `fraction` held out (at least one)."""
+    order = np.random.default_rng(seed).permutation(num_examples)
+    cut = max(1, int(round(num_examples * fraction)))
+    return sorted(order[cut:]), sorted(order[:cut])
 
 
 def load_splits(config):
@@ -68,9 +77,7 @@ def load_splits(config):
             labels.encode(held.labels, held.path),
             source,
         )
-    order = np.random.default_rng(config.seed).permutation(len(train))
-    cut = max(1, int(round(len(train) * config.validation_split)))
-    held, kept = sorted(order[:cut]), sorted(order[cut:])
+    kept, held = held_out(len(train), config.validation_split, config.seed)
     return Splits(
         labels,
         [train.texts[i] for i in kept],

@@ -15,8 +15,13 @@ compiled with `jit_compile=True`, and a checkpoint records the exact step,
 so a killed run resumes mid-epoch on the same batch it would have seen.
 
 Checkpoints (`tf.train.CheckpointManager`) hold the trainable variables, the
-optimizer's variables, the dropout seed states and the step counter; never
-the frozen base weights, which come from the preset on restart.
+optimizer's variables, the dropout seed states, the step counter and the last
+epoch's mean loss; never the frozen base weights, which come from the preset
+on restart.
+
+Each epoch ends with one progress line (`progress.Progress`): the epoch's
+mean loss, the learning rate and what `fit`'s `validate` returns (e.g.
+`val_loss`, `val_accuracy`); the same values go to TensorBoard.
 """
 
 import os
@@ -29,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_softprompt.training import precision as precision_lib
+from tf_softprompt.training.progress import Progress
 from tf_softprompt.training.recompute import recompute_transformer_layers
 from tf_softprompt.training.variables import SEED_STATE_SUFFIX, tf_variable
 
@@ -82,7 +88,8 @@ class Trainer:
         checkpoint_dir: directory for `tf.train.CheckpointManager`, or None.
         max_to_keep: int, checkpoints kept.
         log_dir: TensorBoard log directory, or None.
-        verbose: 0 (silent) or 1 (a Keras progress bar per epoch).
+        verbose: 0 (silent) or 1 (progress: a bar on a terminal, plain
+            lines otherwise; `progress.Progress`).
         loss_fn: `(labels, logits) -> [b]` per-example loss.
         recompute: bool, recompute each transformer layer's activations in
             the backward pass (`recompute_transformer_layers`): less memory,
@@ -143,6 +150,11 @@ class Trainer:
             self.optimizer = keras.optimizers.Adam(learning_rate)
             self.optimizer.build(self.variables)
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        # The last finished epoch's mean loss, so that a run resumed with
+        # nothing left to train still reports it.
+        self.epoch_loss = tf.Variable(
+            np.nan, dtype=tf.float32, trainable=False, name="epoch_loss"
+        )
         seed_states = [
             v
             for v in self.model.non_trainable_variables
@@ -150,6 +162,7 @@ class Trainer:
         ]
         self.checkpoint = tf.train.Checkpoint(
             step=self.step,
+            epoch_loss=self.epoch_loss,
             trainable=[tf_variable(v) for v in self.variables],
             optimizer=[tf_variable(v) for v in self.optimizer.variables],
             seed_states=[tf_variable(v) for v in seed_states],
@@ -167,9 +180,8 @@ class Trainer:
                 self.checkpoint, directory, max_to_keep=max_to_keep
             )
             self._restore_dir = os.fspath(checkpoint_dir)
-        self.writer = None
-        if log_dir and self.chief:
-            self.writer = tf.summary.create_file_writer(os.fspath(log_dir))
+        self._log_dir = os.fspath(log_dir) if log_dir and self.chief else None
+        self._writer = None
         self._step_fn = None
 
     # --- checkpoints -------------------------------------------------------
@@ -192,8 +204,27 @@ class Trainer:
     def close(self):
         if self._scratch_dir:
             shutil.rmtree(self._scratch_dir, ignore_errors=True)
-        if self.writer is not None:
-            self.writer.flush()
+        if self._writer is not None:
+            self._writer.flush()
+
+    @property
+    def writer(self):
+        """The TensorBoard writer, created at the first scalar written (a
+        run refused or with nothing to train writes no log)."""
+        if self._writer is None and self._log_dir is not None:
+            self._writer = tf.summary.create_file_writer(self._log_dir)
+        return self._writer
+
+    def log_scalars(self, values, step):
+        if self._log_dir is None:
+            return
+        with self.writer.as_default(step=step):
+            for name, value in values.items():
+                write_scalar(name, value, step)
+
+    @property
+    def learning_rate(self):
+        return float(keras.ops.convert_to_numpy(self.optimizer.learning_rate))
 
     # --- the step ----------------------------------------------------------
 
@@ -254,7 +285,14 @@ class Trainer:
     # --- the loop ----------------------------------------------------------
 
     def fit(
-        self, dataset_fn, *, epochs, steps_per_epoch, checkpoint_every=0, callbacks=()
+        self,
+        dataset_fn,
+        *,
+        epochs,
+        steps_per_epoch,
+        checkpoint_every=0,
+        callbacks=(),
+        validate=None,
     ):
         """Train to `epochs * steps_per_epoch` steps, resuming if possible.
 
@@ -266,16 +304,30 @@ class Trainer:
             checkpoint_every: int, also checkpoint every N steps (0: only at
                 the end of each epoch).
             callbacks: callables `fn(step, loss)` run after every step.
+            validate: optional `model -> {name: float}` run after each
+                epoch (e.g. `val_loss`, `val_accuracy`); printed with the
+                epoch's loss and learning rate, and written to TensorBoard.
 
         Returns:
-            dict with `loss` (mean loss of the last epoch trained, or None
-            if nothing was left to train), `steps` and `resumed_from`.
+            dict with `loss` (mean loss of the last epoch trained, restored
+            from the checkpoint if nothing was left to train; `None` before
+            any epoch ended), `steps`, `resumed_from` and `history` (one
+            dict per epoch trained now, with the seconds `validate` took).
         """
         resumed_from = self.restore()
         total = epochs * steps_per_epoch
+        if resumed_from > total:
+            raise ValueError(
+                f"The checkpoint is at step {resumed_from}, past the "
+                f"{total} steps of {epochs} epochs: it trained for more epochs. "
+                "Pass at least that many --epochs, or a new --out directory."
+            )
         if self._step_fn is None:
             self._step_fn = self._make_step_fn()
-        last_loss = None
+        progress = Progress(
+            epochs, steps_per_epoch, enabled=self.verbose and self.chief
+        )
+        history = []
         step = resumed_from
         while step < total:
             epoch = step // steps_per_epoch
@@ -283,12 +335,7 @@ class Trainer:
             dataset = self.strategy.distribute_datasets_from_function(
                 lambda context, e=epoch, s=skip: dataset_fn(e, s, context)
             )
-            progbar = None
-            if self.verbose and self.chief:
-                print(f"Epoch {epoch + 1}/{epochs}", flush=True)
-                progbar = keras.utils.Progbar(steps_per_epoch)
-                if skip:
-                    progbar.update(skip)
+            progress.start_epoch(epoch, skip)
             losses = []
             started = time.perf_counter()
             for features, labels in dataset:
@@ -301,11 +348,8 @@ class Trainer:
                 step += 1
                 self.step.assign(step)
                 losses.append(loss)
-                if self.writer is not None:
-                    with self.writer.as_default(step=step):
-                        write_scalar("loss", loss, step)
-                if progbar is not None:
-                    progbar.update(step - epoch * steps_per_epoch, [("loss", loss)])
+                self.log_scalars({"loss": loss}, step)
+                progress.update(step - epoch * steps_per_epoch, loss)
                 for callback in callbacks:
                     callback(step, loss)
                 if checkpoint_every and step % checkpoint_every == 0:
@@ -317,17 +361,32 @@ class Trainer:
                     f"The dataset of epoch {epoch + 1} ended after step {step}, "
                     f"before its {steps_per_epoch} steps. Check steps_per_epoch."
                 )
-            last_loss = float(np.mean(losses)) if losses else None
-            if self.writer is not None and losses:
-                with self.writer.as_default(step=step):
-                    write_scalar("epoch_loss", last_loss, step)
-                    write_scalar(
-                        "steps_per_second",
-                        len(losses) / (time.perf_counter() - started),
-                        step,
-                    )
+            seconds = time.perf_counter() - started
+            values = {"loss": float(np.mean(losses))} if losses else {}
+            self.epoch_loss.assign(values.get("loss", np.nan))
             self.save()
-        return {"loss": last_loss, "steps": step, "resumed_from": resumed_from}
+            values["learning_rate"] = self.learning_rate
+            validate_seconds = 0.0
+            if validate is not None and self.chief:
+                validate_started = time.perf_counter()
+                values.update(validate(self.model))
+                validate_seconds = time.perf_counter() - validate_started
+            values["steps_per_second"] = len(losses) / seconds if losses else 0.0
+            self.log_scalars(
+                {("epoch_loss" if k == "loss" else k): v for k, v in values.items()},
+                step,
+            )
+            progress.end_epoch(epoch, values, seconds)
+            history.append(
+                {"epoch": epoch + 1, **values, "validate_seconds": validate_seconds}
+            )
+        last = float(self.epoch_loss.numpy())
+        return {
+            "loss": None if np.isnan(last) else last,
+            "steps": step,
+            "resumed_from": resumed_from,
+            "history": history,
+        }
 
 
 def _scalar_metadata():
