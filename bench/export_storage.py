@@ -21,14 +21,23 @@ Figures per kind:
   (goal <= 1.02);
 - `loaded_rss_ratio_<kind>`: the resident memory of a fresh process after
   the TF1 session loader (TF Serving's path) loads the export, over the
-  same process after it loads a SavedModel holding the base's weights
-  once and nothing else (goal <= 1.05).
+  same process after it loads the base served alone: the same model,
+  exported the same way without a prompt (goal <= 1.05). This is what the
+  prompt costs a server;
+- `loaded_rss_ratio_bare_<kind>`: the same numerator over a process that
+  loads a SavedModel holding the base's weights once and nothing else (a
+  trivial graph). It also charges the serving graph itself (tokenizer,
+  the model's functions, a causal LM's generation loop), which any
+  servable of that base holds, to the prompt;
+- `plain_size_ratio_<kind>`: the no-prompt export's `variables/` over the
+  base's weight bytes.
 
 Usage:
     python bench/export_storage.py [--out DIR]  (one JSON line last)
 """
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -88,7 +97,9 @@ def _classifier(**kwargs):
 
 
 def export_kinds(root):
-    """`{kind: (export_dir, base_only_dir, expected_bytes)}`."""
+    """`{kind: (export_dir, base_only_dir, expected_bytes, plain_export_dir,
+    base_bytes)}`: the export, the base's weights alone, what must be
+    stored, the same base exported without a prompt, the base's bytes."""
     import keras
 
     from tf_softprompt import cli, hub
@@ -103,20 +114,27 @@ def export_kinds(root):
     kinds = {}
     rng = np.random.default_rng(0)
 
-    def record(kind, export_dir, base_weights, extra_weights):
+    def record(kind, export_dir, base_weights, extra_weights, plain):
         base = _base_only(base_weights, f"{root}/{kind}-base-only")
         expected = _bytes(base_weights) + _bytes(extra_weights)
-        kinds[kind] = (export_dir, base, expected)
+        kinds[kind] = (export_dir, base, expected, plain, _bytes(base_weights))
+
+    def plain_classifier(kind, **kwargs):
+        return export_model(_classifier(**kwargs), f"{root}/{kind}-plain", 1, **common)
 
     # The embedded default, through the CLI.
     run = f"{root}/default-run"
-    cli.main(["train", "--out", run, "--epochs", "1", "--no-baseline", "--quiet"])
-    cli.main(["export", run, "--out", f"{root}/default", "--version", "1"])
+    with contextlib.redirect_stdout(sys.stderr):  # one JSON line on stdout
+        cli.main(["train", "--out", run, "--epochs", "1", "--no-baseline", "--quiet"])
+        cli.main(["export", run, "--out", f"{root}/default", "--version", "1"])
     model = _classifier()
     backbone = [w.numpy() for w in model.backbone.weights]
     head = [w.numpy() for w in model.output_dense.weights]
     handle = hub.enable_prompt_tuning(model, P, method="prefix")
-    record("default", f"{root}/default/1", backbone, [*head, handle.prompt_values()])
+    plain = plain_classifier("default")
+    record(
+        "default", f"{root}/default/1", backbone, [*head, handle.prompt_values()], plain
+    )
 
     keras.utils.set_random_seed(0)
     model = _classifier(pooling="pooler")
@@ -131,28 +149,35 @@ def export_kinds(root):
     )
     head = [w.numpy() for w in model.output_dense.weights]
     table = np.zeros((4 * P, handle.hidden_dim), np.float32)
-    record("multi", multi, backbone, [*head, table])
+    plain = plain_classifier("pooler", pooling="pooler")
+    record("multi", multi, backbone, [*head, table], plain)
 
     model = _classifier(pooling="pooler")
     handle = hub.enable_prompt_tuning(model, P, method="prefix")
     handle.assign_prompt(rng.normal(0, 0.5, handle.prompt.shape))
     prefix = export_model(model, f"{root}/prefix", 1, **common)
-    record("prefix", prefix, backbone, [*head, handle.prompt_values()])
+    record("prefix", prefix, backbone, [*head, handle.prompt_values()], plain)
 
     lm = _lm("gpt2")
     base_weights = [w.numpy() for w in lm.backbone.weights]
+    plain = export_causal_lm(  # the same 129 text positions, no prompt
+        _lm("gpt2"), f"{root}/baked_causal_lm-plain", 1, sequence_length=129, prompts=[]
+    )
     handle = hub.enable_prompt_tuning(lm, 100)
     handle.prompt.assign(rng.normal(0, 0.5, handle.prompt.shape))
     baked = export_causal_lm(lm, f"{root}/baked_causal_lm", 1, sequence_length=229)
     layers, heads, head_dim = 6, 8, 64
     keys_values = np.zeros((layers, 2, 100, heads, head_dim), np.float32)
-    record("baked_causal_lm", baked, base_weights, [keys_values])
+    record("baked_causal_lm", baked, base_weights, [keys_values], plain)
 
     with precision.policy("mixed_bfloat16"):
         model = _classifier(pooling="pooler")
         handle = hub.enable_prompt_tuning(model, P)
+        plain = export_model(
+            _classifier(pooling="pooler"), f"{root}/bf16-plain", 1, **common
+        )
     bf16 = export_model(model, f"{root}/bf16", 1, **common)
-    record("bf16", bf16, backbone, [*head, handle.prompt_values()])
+    record("bf16", bf16, backbone, [*head, handle.prompt_values()], plain)
     return kinds
 
 
@@ -174,20 +199,28 @@ def loaded_rss(export_dir):
         capture_output=True,
         text=True,
         check=True,
+        cwd=tempfile.gettempdir(),  # the installed package, not a source tree
     )
     return int(done.stdout.strip().splitlines()[-1])
 
 
 def figures(kinds):
     result = {}
-    for kind, (export_dir, base_only, expected) in kinds.items():
+    for kind, (export_dir, base_only, expected, plain, base_bytes) in kinds.items():
         stored = _variables_bytes(export_dir)
         result[f"export_size_ratio_{kind}"] = round(stored / expected, 4)
+        result[f"plain_size_ratio_{kind}"] = round(
+            _variables_bytes(plain) / base_bytes, 4
+        )
         result[f"variables_mb_{kind}"] = round(stored / 2**20, 2)
         result[f"expected_mb_{kind}"] = round(expected / 2**20, 2)
-        result[f"loaded_rss_ratio_{kind}"] = round(
-            loaded_rss(export_dir) / loaded_rss(base_only), 4
-        )
+        rss = {"export": loaded_rss(export_dir)}
+        rss["plain"], rss["bare"] = loaded_rss(plain), loaded_rss(base_only)
+        result[f"loaded_rss_ratio_{kind}"] = round(rss["export"] / rss["plain"], 4)
+        result[f"loaded_rss_ratio_bare_{kind}"] = round(rss["export"] / rss["bare"], 4)
+        result[f"loaded_rss_mb_{kind}"] = {
+            name: round(value / 2**20, 1) for name, value in rss.items()
+        }
     return result
 
 

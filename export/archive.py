@@ -102,17 +102,18 @@ def endpoints(stages, text_length, table):
     ids_spec = tf.TensorSpec([None, text_length], tf.int32, name="token_ids")
     mask_spec = tf.TensorSpec([None, text_length], tf.int32, name="padding_mask")
     text_spec = tf.TensorSpec([None], tf.string, name="text")
+    run = shared_model_stage(stages.run, text_length)
 
     def from_text(text, task_index):
         token_ids, padding_mask = stages.encode(text)
-        outputs = stages.run(token_ids, padding_mask, task_index)
+        outputs = run(token_ids, padding_mask, task_index)
         return stages.present(outputs, task_index)
 
     def from_tokens(token_ids, padding_mask, task_index):
         token_ids, padding_mask, task_index = _checked_tokens(
             token_ids, padding_mask, task_index, text_length
         )
-        return stages.run(token_ids, tf.cast(padding_mask, tf.bool), task_index)
+        return run(token_ids, padding_mask, task_index)
 
     if is_multi_task(table):
 
@@ -146,6 +147,48 @@ def endpoints(stages, text_length, table):
         "serving_default": (serving_default, [text_spec]),
         "predict_tokens": (predict_tokens, [ids_spec, mask_spec]),
     }
+
+
+def shared_model_stage(run, text_length):
+    """`run` as one traced function that every signature calls.
+
+    Traced inside each signature, the model stage (the whole network; for a
+    causal LM the prefill and the generation loop) would be copied into
+    each signature's function, and the SavedModel's function library would
+    hold it once per signature. TF Serving keeps that library in memory
+    several times over (the MetaGraphDef, the session's GraphDef, its
+    function library and graph), so a copy costs megabytes per loaded
+    model. One `tf.function` with a fixed signature is traced once and
+    called from `serving_default` and `predict_tokens` alike (a
+    `StatefulPartitionedCall`), so the library holds it once; the ops it
+    runs, and so the outputs, are the same.
+
+    Args:
+        run: `(token_ids [B, T] int32, padding_mask [B, T] bool,
+            task_index [B] int32) -> {name: tensor}`.
+        text_length: int T.
+
+    Returns:
+        A callable with `run`'s arguments (cast to those dtypes).
+    """
+    traced = tf.function(
+        run,
+        input_signature=[
+            tf.TensorSpec([None, text_length], tf.int32),
+            tf.TensorSpec([None, text_length], tf.bool),
+            tf.TensorSpec([None], tf.int32),
+        ],
+        autograph=False,  # as the archive traces the endpoints
+    )
+
+    def call(token_ids, padding_mask, task_index):
+        return traced(
+            tf.cast(token_ids, tf.int32),
+            tf.cast(padding_mask, tf.bool),
+            tf.cast(task_index, tf.int32),
+        )
+
+    return call
 
 
 def _checked_tokens(token_ids, padding_mask, task_index, text_length):

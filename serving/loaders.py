@@ -356,6 +356,32 @@ def run_c_loader(jobs, binary, timeout=600):
     return results
 
 
+def run_both_loaders(jobs, binary, timeout=600):
+    """`{"session": results, "c_api": results}` of `jobs`, the two loader
+    processes run at once (each waits mostly on its own graph set-up).
+
+    Args:
+        jobs: list of `{"export_dir", "signature", "inputs"}`.
+        binary: the `build_c_loader` output.
+        timeout: seconds for each process.
+
+    Returns:
+        Each loader's results, one per job, in the jobs' order.
+
+    Example:
+    ```python
+    results = run_both_loaders(jobs, build_c_loader("/tmp/c_loader"))
+    results["session"][0]["outputs"]["probabilities"]
+    ```
+    """
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        session = pool.submit(run_session_loader, jobs, timeout)
+        c_api = pool.submit(run_c_loader, jobs, binary, timeout)
+        return {"session": session.result(), "c_api": c_api.result()}
+
+
 if __name__ == "__main__":
     with open(sys.argv[1], "rb") as f:
         _jobs = pickle.load(f)

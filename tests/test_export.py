@@ -769,8 +769,10 @@ def results(setup, tmp_path_factory):
     ]
     binary = loaders.build_c_loader(str(tmp_path_factory.mktemp("c") / "c_loader"))
     return {
-        "session": dict(zip(labels, loaders.run_session_loader(job_list))),
-        "c_api": dict(zip(labels, loaders.run_c_loader(job_list, binary))),
+        **{
+            loader: dict(zip(labels, results))
+            for loader, results in loaders.run_both_loaders(job_list, binary).items()
+        },
     }
 
 

@@ -158,8 +158,10 @@ def runs(tmp_path_factory):
         "labels": labels,
         "jobs": jobs,
         "expected": expected,
-        "session": dict(zip(jobs, loaders.run_session_loader(job_list))),
-        "c_api": dict(zip(jobs, loaders.run_c_loader(job_list, binary))),
+        **{
+            loader: dict(zip(jobs, results))
+            for loader, results in loaders.run_both_loaders(job_list, binary).items()
+        },
         "errors": (again, mismatched, stderr.getvalue()),
     }
 

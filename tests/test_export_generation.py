@@ -136,8 +136,10 @@ def setup(tmp_path_factory):
         "dirs": dirs,
         "expected": expected,
         "mask": tokens["padding_mask"].astype(bool),
-        "session": dict(zip(jobs, loaders.run_session_loader(job_list))),
-        "c_api": dict(zip(jobs, loaders.run_c_loader(job_list, binary))),
+        **{
+            loader: dict(zip(jobs, results))
+            for loader, results in loaders.run_both_loaders(job_list, binary).items()
+        },
     }
 
 

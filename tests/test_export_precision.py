@@ -109,8 +109,10 @@ def exports(tmp_path_factory):
     binary = loaders.build_c_loader(str(root / "c_loader"))
     keys = list(dirs)
     return dtypes, {
-        "session": dict(zip(keys, loaders.run_session_loader(jobs))),
-        "c_api": dict(zip(keys, loaders.run_c_loader(jobs, binary))),
+        **{
+            loader: dict(zip(keys, results))
+            for loader, results in loaders.run_both_loaders(jobs, binary).items()
+        },
         "unprompted": unprompted,
         "dirs": dirs,
         "shapes": shapes,
