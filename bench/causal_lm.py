@@ -122,21 +122,14 @@ def write_pairs(rows, path):
 
 
 def bytes_to_unicode():
-    """GPT-2's reversible map from the 256 bytes to printable characters,
-    in GPT-2's id order (as `tests/hf_checkpoints.py` writes it)."""
-    printable = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
+    """GPT-2's reversible map `{byte: character}`, in GPT-2's id order
+    (keras-hub's own table, which its `GPT2Tokenizer` inverts)."""
+    from keras_hub.src.tokenizers.byte_pair_tokenizer import (
+        bytes_to_unicode as byte_table,
     )
-    codes = printable[:]
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            printable.append(byte)
-            codes.append(256 + extra)
-            extra += 1
-    return dict(zip(printable, map(chr, codes)))
+
+    byte_values, characters = byte_table()
+    return {value[0]: character for value, character in zip(byte_values, characters)}
 
 
 def word_counts(texts):

@@ -623,16 +623,11 @@ def test_checkpoints_hold_prompt_head_optimizer_and_step_never_the_frozen_base(
     assert stored_bytes < 0.1 * base_bytes, (stored_bytes, base_bytes)
 
 
-def test_killed_run_resumes_from_its_checkpoint_to_the_uninterrupted_prompt(
-    tiny_config, tmp_path
-):
-    # Head dropout on: resuming must also restore the dropout seed states.
-    config = dict(dropout=0.3, checkpoint_every=2)
-    out = tmp_path / "killed"
-    process = run_driver(driver(tmp_path), "slow", tiny_config(out, **config))
+def kill_after(process, line):
+    """SIGKILL `process` once it prints `line`; check that it died of it."""
     try:
-        for line in process.stdout:
-            if line.strip() == "step 7":
+        for printed in process.stdout:
+            if printed.strip() == line:
                 process.send_signal(signal.SIGKILL)
                 break
         process.wait(timeout=SUBPROCESS_TIMEOUT)
@@ -640,6 +635,16 @@ def test_killed_run_resumes_from_its_checkpoint_to_the_uninterrupted_prompt(
         if process.poll() is None:
             process.kill()
     assert process.returncode == -signal.SIGKILL
+
+
+def test_killed_run_resumes_from_its_checkpoint_to_the_uninterrupted_prompt(
+    tiny_config, tmp_path
+):
+    # Head dropout on: resuming must also restore the dropout seed states.
+    config = dict(dropout=0.3, checkpoint_every=2)
+    out = tmp_path / "killed"
+    process = run_driver(driver(tmp_path), "slow", tiny_config(out, **config))
+    kill_after(process, "step 7")
     latest = tf.train.latest_checkpoint(str(out / "checkpoints"))
     assert latest.endswith("ckpt-6")
     assert not (out / "prompt.npz").exists()
@@ -668,16 +673,7 @@ def test_killed_default_run_resumes_to_the_uninterrupted_prefix(tmp_path):
     config = dict(epochs=1, baseline=False, checkpoint_every=3)
     out = tmp_path / "killed"
     process = run_driver(driver(tmp_path), "slow", ClassifierConfig(str(out), **config))
-    try:
-        for line in process.stdout:
-            if line.strip() == "step 5":
-                process.send_signal(signal.SIGKILL)
-                break
-        process.wait(timeout=SUBPROCESS_TIMEOUT)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == -signal.SIGKILL
+    kill_after(process, "step 5")
     assert tf.train.latest_checkpoint(str(out / "checkpoints")).endswith("ckpt-3")
     resumed = train_here(ClassifierConfig(str(out), **config))
     assert resumed.metrics["resumed_from_step"] == 3

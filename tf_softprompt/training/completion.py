@@ -93,15 +93,16 @@ def exact_match(model, preprocessor, encoded, batch_size):
     return float(np.mean(hits))
 
 
-def figures(model, preprocessor, encoded, batch_size, prefix=""):
-    """`completion_loss`, `perplexity` and (for pairs) `exact_match`."""
+def figures(model, preprocessor, encoded, batch_size, prefix="", generate=True):
+    """`completion_loss`, `perplexity` and (for pairs, unless not
+    `generate`) `exact_match`."""
     total, count = token_loss(model, encoded, batch_size)
     loss = total / max(count, 1.0)
     result = {
         f"{prefix}completion_loss": loss,
         f"{prefix}perplexity": float(np.exp(min(loss, 50.0))),
     }
-    if encoded.completions is not None:
+    if generate and encoded.completions is not None:
         result[f"{prefix}exact_match"] = exact_match(
             model, preprocessor, encoded, batch_size
         )
@@ -240,12 +241,8 @@ class CompletionTask:
     # --- figures ------------------------------------------------------------
 
     def validate(self, model):
-        total, count = token_loss(model, self.held, self.config.batch_size)
-        loss = total / max(count, 1.0)
-        return {
-            "val_completion_loss": loss,
-            "val_perplexity": float(np.exp(min(loss, 50.0))),
-        }
+        held, batch_size = self.held, self.config.batch_size
+        return figures(model, None, held, batch_size, "val_", generate=False)
 
     def evaluate(self, model):
         return figures(model, self.preprocessor, self.held, self.config.batch_size)
